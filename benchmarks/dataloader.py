@@ -54,8 +54,8 @@ def measure(folder: Path, tokenizer, workers: int, batch: int, epochs: int) -> d
     start = time.perf_counter()
     for _ in range(epochs):
         for b in loader:
-            samples += len(b["ids"])
-            tokens += sum(int(b[k]["attention_mask"].sum()) for k in ("query", "passage", "teacher_query", "teacher_passage"))
+            samples += len(b)
+            tokens += sum(int(t["attention_mask"].sum()) for t in b.tokens())
     seconds = time.perf_counter() - start
     return {"workers": workers, "batch_size": batch, "epochs": epochs, "samples": samples, "tokens": tokens,
             "seconds": round(seconds, 3), "samples_per_s": round(samples / seconds, 1),

@@ -14,12 +14,17 @@ _COMMAND_MODULES = (
     "mimo_ds.eval.cli",        # eval
     "mimo_ds.compare.cli",     # compare, ui
     "mimo_ds.demo",            # demo
+    "mimo_ds.export",          # export
 )
 
 
 def _train(args: argparse.Namespace) -> int:
     """One process runs in-process; several are started with torch's launcher (the same as `torchrun`)."""
     train_args = ["--config", args.config] + [f"--set={s}" for s in args.overrides]
+    if args.resume is not None:
+        train_args += ["--resume", args.resume]
+    if args.overwrite:
+        train_args.append("--overwrite")
     if args.nproc == 1:
         from mimo_ds.train import main
 
@@ -42,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True)
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     train.add_argument("--nproc", type=int, default=1, help="processes on this node (launched like torchrun)")
+    train.add_argument("--resume", metavar="auto|never|FOLDER", help="continue from a checkpoint (see mimo_ds.train)")
+    train.add_argument("--overwrite", action="store_true", help="a fresh run may replace an earlier run's outputs")
     train.set_defaults(func=_train)
     for name in _COMMAND_MODULES:
         importlib.import_module(name).register(sub)

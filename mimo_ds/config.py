@@ -11,23 +11,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
-Objective = Literal["distill", "mimo", "infonce", "xlco", "lakda"]
+from mimo_ds.config_base import ConfigError, Strict
+from mimo_ds.objectives import ObjectiveSettings, objective_class
+
 Pooling = Literal["mean", "cls", "last"]
-
-OBJECTIVES_WITH_TEACHER = {"distill", "mimo"}
-STAGE_OF_OBJECTIVE = {"distill": 1, "mimo": 2, "infonce": 2, "xlco": 2, "lakda": 2}
-
-
-class ConfigError(ValueError):
-    """A run config that cannot be used; the message names the file and the key."""
-
-
-class Strict(BaseModel):
-    """Base for config sections: unknown keys are errors, values are validated on assignment too."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+OBJECTIVE_ERROR = "objective_settings"  # the pydantic error type of a bad `objective:` section
 
 
 class StudentConfig(Strict):
@@ -38,6 +35,10 @@ class StudentConfig(Strict):
     max_length: int = Field(256, ge=8)
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
     gradient_checkpointing: bool = False
+    trust_remote_code: bool = Field(False, description="run model code shipped with the weights (off: a hub model "
+                                                      "must not execute code you have not read)")
+    query_prompt: str = Field("", description="prepended to the student's query texts (roles an objective marks as queries)")
+    passage_prompt: str = Field("", description="prepended to the student's other texts")
     random_init: dict[str, Any] | None = Field(
         None, description="config overrides; when set the weights are random (tiny test/smoke models)"
     )
@@ -56,20 +57,8 @@ class TeacherConfig(Strict):
     max_length: int = Field(256, ge=8)
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto = bf16 on CUDA, fp32 on CPU")
     mini_batch: int = Field(64, ge=1, description="rows per teacher forward (no grad)")
+    trust_remote_code: bool = False
     random_init: dict[str, Any] | None = None
-
-
-class ObjectiveConfig(Strict):
-    """Which loss the run optimises, with the paper's defaults (mimo-method.md §1.3-1.4, §4)."""
-
-    kind: Objective
-    lam: float = Field(0.2, ge=0.0, le=1.0, description="MIMO weight of the cross-lingual InfoNCE term")
-    scale: float = Field(20.0, gt=0.0, description="InfoNCE logit scale (1/temperature)")
-    distance: Literal["cosine", "mse", "l2"] = "cosine"
-    lakda_alpha: float = Field(0.5, ge=0.0, le=1.0)
-    negatives: Literal["local", "global"] = Field(
-        "local", description="in-batch negatives from this rank only (the paper) or keys gathered from all ranks"
-    )
 
 
 class BatchConfig(Strict):
@@ -81,7 +70,7 @@ class BatchConfig(Strict):
     global_batch: int | None = Field(None, ge=1, description="when set, must equal per_device × world × grad_accum")
 
     @model_validator(mode="after")
-    def _mini_batch_fits(self) -> "BatchConfig":
+    def _mini_batch_fits(self) -> BatchConfig:
         if self.mini_batch is not None and self.mini_batch > self.per_device:
             raise ValueError(f"mini_batch ({self.mini_batch}) is larger than per_device ({self.per_device})")
         return self
@@ -98,6 +87,7 @@ class DataConfig(Strict):
     steps_per_epoch: int | None = Field(None, ge=1, description="batches per epoch per rank; required when resampled")
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
     teacher_cache: Path | None = None
+    audit: bool = Field(False, description="write the sample ids of every step, per rank, to output_dir/audit/")
 
 
 class OptimConfig(Strict):
@@ -123,6 +113,20 @@ class TrackingConfig(Strict):
     async_logging: bool = True
 
 
+class CheckpointConfig(Strict):
+    """Periodic engine checkpoints, `<output_dir>/checkpoints/step_<S>/` (docs/training.md); off while every_steps
+    is null. A preemption signal writes one whatever this says."""
+
+    every_steps: int | None = Field(None, ge=1)
+    keep: int = Field(3, ge=1, description="complete checkpoints kept; older ones go once a newer one is complete")
+
+
+class GuardConfig(Strict):
+    """Numerical guards: a step whose loss or gradient norm is not finite is skipped on every rank."""
+
+    max_consecutive_skips: int = Field(5, ge=1, description="this many skipped steps in a row abort the run")
+
+
 class EvalConfig(Strict):
     """Benchmarks evaluated during training (every N steps) and at the end of the stage."""
 
@@ -144,30 +148,53 @@ class RunConfig(Strict):
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     log_every: int = Field(1, ge=1)
+    resume: Literal["auto", "never"] | Path = Field(
+        "never", description="auto: the newest complete checkpoint under output_dir (fresh when none); never; or a "
+                             "checkpoint folder (the CLI's --resume overrides it)")
     deepspeed: Path = Field(Path("../ds_configs/zero3.json"), description="relative paths resolve against the YAML's folder")
     student: StudentConfig
     teacher: TeacherConfig | None = None
-    objective: ObjectiveConfig
+    objective: SerializeAsAny[ObjectiveSettings] = Field(
+        description="`kind` names a registered objective (mimo_ds.objectives); the other keys are its settings")
     batch: BatchConfig
     data: DataConfig
     optim: OptimConfig = Field(default_factory=OptimConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _objective_settings(cls, value: Any) -> ObjectiveSettings:
+        """Validate the section against the settings its `kind` declares (errors name `objective.<key>`)."""
+        if isinstance(value, ObjectiveSettings):
+            return value
+        if not isinstance(value, dict) or "kind" not in value:
+            raise ValueError("needs a 'kind' (a registered objective) and that objective's settings")
+        settings = objective_class(str(value["kind"])).Settings  # an unknown kind: ValueError listing the known
+        try:
+            return settings.model_validate(value)
+        except ValidationError as exc:
+            errors = [(".".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors()]
+            detail = "; ".join(f"{where}: {msg}" for where, msg in errors)
+            raise PydanticCustomError(OBJECTIVE_ERROR, "{detail}", {"detail": detail, "errors": errors}) from None
 
     @model_validator(mode="after")
-    def _consistent(self) -> "RunConfig":
+    def _consistent(self) -> RunConfig:
         kind = self.objective.kind
-        if STAGE_OF_OBJECTIVE[kind] != self.stage:
-            raise ValueError(f"objective.kind '{kind}' belongs to stage {STAGE_OF_OBJECTIVE[kind]}, not stage {self.stage}")
-        if kind in OBJECTIVES_WITH_TEACHER and self.teacher is None:
+        declared = objective_class(kind)
+        if declared.stage != self.stage:
+            raise ValueError(f"objective.kind '{kind}' belongs to stage {declared.stage}, not stage {self.stage}")
+        if declared.needs_teacher() and self.teacher is None:
             raise ValueError(f"objective.kind '{kind}' needs a teacher section")
-        if kind not in OBJECTIVES_WITH_TEACHER and self.teacher is not None:
+        if not declared.needs_teacher() and self.teacher is not None:
             raise ValueError(f"objective.kind '{kind}' is teacher-free; remove the teacher section")
         if self.data.resampled and self.data.steps_per_epoch is None:
             raise ValueError("data.resampled needs data.steps_per_epoch (the fixed number of batches per epoch)")
         if self.init_from is not None and self.student.random_init is not None:
             raise ValueError("init_from and student.random_init are both set: the student comes from init_from")
-        if self.data.teacher_cache is not None and kind not in OBJECTIVES_WITH_TEACHER:
+        if self.data.teacher_cache is not None and not declared.needs_teacher():
             raise ValueError("data.teacher_cache is set but the objective uses no teacher")
         return self
 
@@ -194,6 +221,9 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
 def _format_validation_error(source: str, err: ValidationError) -> str:
     lines = [f"invalid run config {source}:"]
     for e in err.errors():
+        if e["type"] == OBJECTIVE_ERROR:  # the objective's own settings: name each key inside the section
+            lines += [f"  objective.{where}: {msg}" for where, msg in e["ctx"]["errors"]]
+            continue
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
         given = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
         lines.append(f"  {where}: {e['msg']}{given}")
@@ -212,6 +242,8 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     cfg.data.train = fix(cfg.data.train)
     cfg.data.teacher_cache = fix(cfg.data.teacher_cache)
     cfg.init_from = fix(cfg.init_from)
+    if isinstance(cfg.resume, Path):
+        cfg.resume = fix(cfg.resume)
     cfg.eval.benchmarks = [fix(b) for b in cfg.eval.benchmarks]
     for model in (cfg.student, cfg.teacher):
         if model is not None and model.path.startswith(("./", "../")):

@@ -1,4 +1,6 @@
-"""Cross-rank negatives: gather keys from every rank with autograd, keep the rows (queries) local.
+"""The collectives of a training step: cross-rank negatives, and the agreements by which ranks stop together.
+
+Cross-rank negatives: gather keys from every rank with autograd, keep the rows (queries) local.
 
 Gradient-scale convention (chosen so that nothing needs rescaling under DeepSpeed):
 - Each rank computes its loss as the MEAN over its own local rows, scored against the gathered keys
@@ -75,3 +77,22 @@ def gather_keys(k: Tensor, group: dist.ProcessGroup | None = None) -> tuple[Tens
     sizes = [int(c.item()) for c in counts]
     offset = sum(sizes[: dist.get_rank(group)])
     return _GatherKeys.apply(k, sizes, group), offset
+
+
+def agree_any(flags: list[bool], device: torch.device, group: dist.ProcessGroup | None = None) -> list[bool]:
+    """For each flag, whether any rank set it (one all-reduce of a tiny tensor: how ranks stop together)."""
+    if not _active(group):
+        return list(flags)
+    t = torch.tensor([int(f) for f in flags], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return [bool(v) for v in t.tolist()]
+
+
+def first_rank(flag: bool, device: torch.device, group: dist.ProcessGroup | None = None) -> int | None:
+    """The lowest rank whose flag is set, or None when no rank's is (collective)."""
+    if not _active(group):
+        return 0 if flag else None
+    world = dist.get_world_size(group)
+    t = torch.tensor([dist.get_rank(group) if flag else world], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=group)
+    return None if int(t.item()) == world else int(t.item())

@@ -6,15 +6,13 @@ import psutil
 import torch
 from tqdm import tqdm
 
+from mimo_ds.data.batch import Batch
 
-def _count(micro_batches: list[dict]) -> tuple[int, int]:
-    """Samples (rows of the first tokenised field) and real tokens (every tokenised field, student and teacher)."""
-    samples = tokens = 0
-    for batch in micro_batches:
-        fields = [v for v in batch.values() if isinstance(v, dict) and "attention_mask" in v]
-        if fields:
-            samples += int(fields[0]["attention_mask"].shape[0])
-        tokens += sum(int(f["attention_mask"].sum()) for f in fields)
+
+def _count(micro_batches: list[Batch]) -> tuple[int, int]:
+    """Samples (rows) and real tokens (every tokenised role, student and teacher)."""
+    samples = sum(len(batch) for batch in micro_batches)
+    tokens = sum(int(t["attention_mask"].sum()) for batch in micro_batches for t in batch.tokens())
     return samples, tokens
 
 
@@ -28,10 +26,10 @@ def peak_memory_gib() -> float:
 class StepMeter:
     """Turns one step's loss parts and timing into metrics (`loss/*`, `lr`, `throughput/*`, `memory/*`)."""
 
-    def __init__(self, total: int, enabled: bool, desc: str) -> None:
-        self.bar = tqdm(total=total, disable=not enabled, desc=desc, dynamic_ncols=True)
+    def __init__(self, total: int, enabled: bool, desc: str, initial: int = 0) -> None:
+        self.bar = tqdm(total=total, initial=initial, disable=not enabled, desc=desc, dynamic_ncols=True)
 
-    def update(self, parts: dict[str, float], micro_batches: list[dict], lr: float, seconds: float,
+    def update(self, parts: dict[str, float], micro_batches: list[Batch], lr: float, seconds: float,
                world_size: int) -> dict[str, float]:
         samples, tokens = _count(micro_batches)
         metrics = {f"loss/{name}": value for name, value in parts.items()}

@@ -1,4 +1,5 @@
-"""One optimizer step: teacher targets, student passes (direct or cached), the loss, and the backward passes.
+"""The gradients of one optimizer step: teacher targets, student passes (direct or cached), the loss, the backward
+passes. The trainer then agrees across ranks on whether the step is sound and calls `engine.step()`.
 
 Cached passes (GradCache, Gao et al. 2021) decouple the batch the loss sees from the batch the encoder holds in
 memory: (1) embed the whole per-device batch in mini-batch chunks without grad, remembering each chunk's RNG state;
@@ -8,7 +9,8 @@ with grad under the same RNG state (same dropout masks) and back-propagate `⟨o
 
 Every backward of one optimizer step (all micro-batches, all chunks) runs inside ONE
 `engine.coalesce_grad_reduction()` block, so ZeRO-2/3 reduces gradients once per step; DeepSpeed ≥ 0.19.2 requires
-that one block never spans two optimizer steps (anchors.md §8).
+that one block never spans two optimizer steps (the block was added in DeepSpeed PR #7992 because chunked backward
+passes under ZeRO-2/3 otherwise reduce, or assert, once per backward).
 """
 
 from __future__ import annotations
@@ -19,11 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
-from mimo_ds.models.student import Embedded
+from mimo_ds.data.batch import Batch, Tokens
+from mimo_ds.models.embedded import Embedded
 from mimo_ds.models.teacher import Teacher
-from mimo_ds.objectives.stage import LossOutput, Objective
-
-Tokens = dict[str, torch.Tensor]
+from mimo_ds.objectives import LossOutput, Objective
 
 
 @dataclass
@@ -63,31 +64,33 @@ def _trim(tokens: Tokens) -> Tokens:
     return {k: v[:, first:last] for k, v in tokens.items()}
 
 
-def teacher_targets(objective: Objective, batch: dict, teacher: Teacher | None) -> dict[str, torch.Tensor]:
-    """Teacher embeddings for the objective's teacher fields: from a cache in the batch, else a live forward."""
+def teacher_targets(objective: Objective, batch: Batch, teacher: Teacher | None) -> dict[str, torch.Tensor]:
+    """Teacher embeddings for the objective's teacher roles: from a cache in the batch, else a live forward."""
     targets = {}
-    for name in objective.teacher_fields:
-        cached = batch.get(f"{name}_emb")
+    for role in objective.teacher_roles:
+        cached = batch.teacher_embeddings.get(role.name)
         if cached is not None:
-            targets[name] = cached.float()
+            targets[role.name] = cached.float()
         elif teacher is None:
-            raise RuntimeError(f"objective needs '{name}' but there is neither a teacher nor a cached embedding")
+            raise RuntimeError(f"objective needs '{role.name}' but there is neither a teacher nor a cached embedding")
         else:
-            targets[name] = teacher.encode_tokens(batch[name])
+            targets[role.name] = teacher.encode_tokens(batch.teacher[role.name])
     return targets
 
 
-def _direct_backward(engine, objective: Objective, batch: dict, targets: dict, weight: float) -> LossOutput:
+def _direct_backward(engine, objective: Objective, batch: Batch, targets: dict, weight: float) -> LossOutput:
     device = engine.device
-    student = {f: engine(**{k: v.to(device) for k, v in _trim(batch[f]).items()}) for f in objective.student_fields}
+    student = {role: engine(**{k: v.to(device) for k, v in _trim(tokens).items()})
+               for role, tokens in batch.student.items()}
     out = objective(student, {k: v.to(device) for k, v in targets.items()})
     engine.backward(out.loss * weight)
     return out
 
 
-def _cached_backward(engine, objective: Objective, batch: dict, targets: dict, weight: float, mini_batch: int) -> LossOutput:
+def _cached_backward(engine, objective: Objective, batch: Batch, targets: dict, weight: float,
+                     mini_batch: int) -> LossOutput:
     device = engine.device
-    chunks = {f: [_trim(c) for c in _chunks(batch[f], mini_batch, device)] for f in objective.student_fields}
+    chunks = {role: [_trim(c) for c in _chunks(tokens, mini_batch, device)] for role, tokens in batch.student.items()}
     rng: dict[str, list[RngState]] = {f: [] for f in chunks}
     parts: dict[str, list[Embedded]] = {f: [] for f in chunks}
     with torch.no_grad():
@@ -129,7 +132,7 @@ def _surrogate(again: Embedded, leaf: Embedded, start: int, stop: int) -> torch.
 
 
 def accumulate_gradients(
-    engine, objective: Objective, micro_batches: list[dict], teacher: Teacher | None, mini_batch: int | None
+    engine, objective: Objective, micro_batches: list[Batch], teacher: Teacher | None, mini_batch: int | None
 ) -> dict[str, float]:
     """Every backward of one optimizer step, reduced once; returns the mean total loss and its parts."""
     weight = 1.0 / len(micro_batches)
@@ -137,20 +140,10 @@ def accumulate_gradients(
     with engine.coalesce_grad_reduction():
         for batch in micro_batches:
             targets = teacher_targets(objective, batch, teacher)
-            rows = batch[objective.student_fields[0]]["input_ids"].shape[0]
-            if mini_batch is None or mini_batch >= rows:
+            if mini_batch is None or mini_batch >= len(batch):
                 out = _direct_backward(engine, objective, batch, targets, weight)
             else:
                 out = _cached_backward(engine, objective, batch, targets, weight, mini_batch)
             for name, value in {"total": out.loss, **out.parts}.items():
                 totals[name] = totals.get(name, 0.0) + float(value.detach()) * weight
-    return totals
-
-
-def train_step(
-    engine, objective: Objective, micro_batches: list[dict], teacher: Teacher | None, mini_batch: int | None
-) -> dict[str, float]:
-    """One optimizer step over `micro_batches` (grad_accum of them)."""
-    totals = accumulate_gradients(engine, objective, micro_batches, teacher, mini_batch)
-    engine.step()
     return totals

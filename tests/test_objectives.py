@@ -6,10 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mimo_ds.config import ObjectiveConfig
-from mimo_ds.models.student import Embedded
-from mimo_ds.objectives.distill import distill_loss
-from mimo_ds.objectives.stage import build_objective
+from mimo_ds.models.embedded import Embedded
+from mimo_ds.objectives import build_objective, objective_class
+from mimo_ds.objectives.terms import distill_loss
+
+
+def objective(kind: str, **settings):
+    """The registered objective `kind` with these hyper-parameters, validated like a run config's section."""
+    return build_objective(objective_class(kind).Settings(kind=kind, **settings))
 
 
 def _plain_infonce(q, p, scale):
@@ -45,7 +49,7 @@ def _close(a, b):
 def test_infonce_hand_worked():
     """Two orthogonal pairs: logits diag = s, off = 0 → loss = log(1 + e^{-s})."""
     q = torch.eye(2)
-    obj = build_objective(ObjectiveConfig(kind="xlco", scale=3.0))
+    obj = objective("xlco", scale=3.0)
     out = obj({"query": Embedded(q, None), "passage": Embedded(q.clone(), None)}, {})
     assert out.loss.item() == pytest.approx(math.log(1 + math.exp(-3.0)), rel=1e-6)
 
@@ -66,7 +70,7 @@ def test_distill_distances(distance):
 def test_mimo_value_and_gradients(lam):
     B, d, D = 13, 6, 9
     q, p, pq, pp, tq, tp = _leaves((B, d), (B, d), (B, D), (B, D), (B, D), (B, D), seed=2)
-    obj = build_objective(ObjectiveConfig(kind="mimo", lam=lam, scale=20.0))
+    obj = objective("mimo", lam=lam, scale=20.0)
     out = obj({"query": Embedded(q, pq), "passage": Embedded(p, pp)},
               {"teacher_query": tq.detach(), "teacher_passage": tp.detach()})
     q2, p2, pq2, pp2, tq2, tp2 = _f64([q, p, pq, pp, tq, tp])
@@ -78,29 +82,40 @@ def test_mimo_value_and_gradients(lam):
     assert set(out.parts) == {"infonce", "distill_query", "distill_passage"}
 
 
+class _Table(torch.nn.Module):
+    """A sentence-transformers module whose "sentence_embedding" is a row of a fixed table, picked by `index`."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(table)
+
+    def forward(self, features: dict) -> dict:
+        return {**features, "sentence_embedding": self.table[features["index"]]}
+
+
 def test_infonce_matches_sentence_transformers_mnrl():
-    """The in-batch loss equals sentence-transformers' MultipleNegativesRankingLoss on the same embeddings."""
-    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    """The in-batch loss and its gradients equal sentence-transformers' MultipleNegativesRankingLoss, built and called
+    through its public API on a model whose embeddings are the same tensors."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     q, p = _leaves((11, 8), (11, 8), seed=3)
-    mnrl = MultipleNegativesRankingLoss.__new__(MultipleNegativesRankingLoss)
-    torch.nn.Module.__init__(mnrl)
-    mnrl.scale, mnrl.similarity_fct = 20.0, __import__("sentence_transformers").util.cos_sim
-    mnrl.gather_across_devices = False
-    mnrl.directions = ("query_to_doc",)
-    mnrl.partition_mode = "joint"
-    mnrl.hardness_mode = None
-    mnrl.hardness_strength = 0.0
-    reference = mnrl.compute_loss_from_embeddings([q, p], labels=None)
-    ours = build_objective(ObjectiveConfig(kind="infonce"))({"query": Embedded(q, None), "passage": Embedded(p, None)}, {})
+    table = _Table(torch.cat([q, p]).detach().clone())
+    mnrl = MultipleNegativesRankingLoss(SentenceTransformer(modules=[table], device="cpu"), scale=20.0)
+    rows = torch.arange(11)
+    reference = mnrl([{"index": rows}, {"index": rows + 11}], labels=None)
+    ours = objective("infonce")({"query": Embedded(q, None), "passage": Embedded(p, None)}, {})
     _close(ours.loss, reference)
+    reference.backward()
+    for mine, theirs in zip(_grads(ours.loss, [q, p]), table.table.grad.split(11)):
+        _close(mine, theirs)
 
 
 def test_lakda_value_and_gradients():
     B, d = 10, 7
     qa, qb, p = _leaves((B, d), (B, d), (B, d), seed=4)
     alpha = 0.5
-    out = build_objective(ObjectiveConfig(kind="lakda", lakda_alpha=alpha))(
+    out = objective("lakda", alpha=alpha)(
         {"query": Embedded(qa, None), "query_b": Embedded(qb, None), "passage": Embedded(p, None)}, {})
     qa2, qb2, p2 = _f64([qa, qb, p])
     n = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731

@@ -13,19 +13,21 @@ import torch
 
 from corpus import make_pairs, make_rows
 from mimo_ds.cli import main as cli_main
-from mimo_ds.config import ObjectiveConfig, TeacherConfig
+from mimo_ds.config import TeacherConfig
 from mimo_ds.data.loader import LoaderSpec, build_train_loader
 from mimo_ds.data.shards import iter_shard, read_index, write_shards
 from mimo_ds.data.teacher_cache import TeacherCache, check_cache, read_cache_meta, write_cache
-from mimo_ds.models.student import Embedded
-from mimo_ds.models.teacher import Teacher, fingerprint_of
-from mimo_ds.objectives.stage import build_objective
+from mimo_ds.models.embedded import Embedded
+from mimo_ds.models.fingerprint import fingerprint_of
+from mimo_ds.models.teacher import Teacher
+from mimo_ds.objectives import build_objective, objective_class
 from mimo_ds.step import teacher_targets
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TEACHER = {"hidden_size": 48, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
 PROMPT = "query: "
 FP16 = dict(atol=2e-3, rtol=2e-3)  # fp16 keeps ~3 significant digits of a unit-norm embedding
+OBJECTIVE = {"pairs": objective_class("distill"), "rows": objective_class("mimo")}
 
 
 def teacher_config(**kw) -> TeacherConfig:
@@ -51,7 +53,7 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def caches(teacher, data) -> dict[str, Path]:
     for kind in ("pairs", "rows"):
-        write_cache(teacher, data / kind, data / f"{kind}_cache", batch_size=7, progress=False)
+        write_cache(teacher, OBJECTIVE[kind], data / kind, data / f"{kind}_cache", batch_size=7, progress=False)
     return {"pairs": data / "pairs_cache", "rows": data / "rows_cache"}
 
 
@@ -60,10 +62,17 @@ def records(folder: Path) -> list[dict]:
     return [m.record for s in index.shards for m in iter_shard(index.path(s))]
 
 
+def cached_rows(cache: TeacherCache, ids: list[str]) -> dict[str, torch.Tensor]:
+    """Role → the cached float32 embeddings of these sample ids, found through the cache's id column."""
+    row_of = {raw.decode(): row for row, raw in enumerate(cache.ids.tolist())}
+    rows = [row_of[i] for i in ids]
+    return {role: torch.from_numpy(np.asarray(a[rows], dtype=np.float32)) for role, a in cache.arrays.items()}
+
+
 def loader(shards, objective, teacher, cache=None, prompt=PROMPT, workers=0):
     spec = LoaderSpec(shards=shards, objective=objective, student_tokenizer=teacher.tokenizer, batch_size=8,
                       teacher_tokenizer=None if cache else teacher.tokenizer,
-                      teacher_query_prompt=prompt if objective == "mimo" else None, teacher_max_length=32,
+                      teacher_query_prompt=prompt, teacher_max_length=32,
                       rank=0, world_size=1, num_workers=workers, shuffle_buffer=4, seed=5, teacher_cache=cache)
     return build_train_loader(spec)
 
@@ -80,32 +89,33 @@ def test_cache_holds_the_live_teachers_embeddings(teacher, data, caches, kind):
     cache = TeacherCache.open(caches[kind])
     assert all(a.dtype == np.float16 for a in cache.arrays.values())
     recs = records(data / kind)[::-3]  # out of order, across shards
-    got = cache.lookup([r["id"] for r in recs])
+    got = cached_rows(cache, [r["id"] for r in recs])
     if kind == "pairs":
-        torch.testing.assert_close(got["teacher"], teacher.encode([r["en"] for r in recs], is_query=False), **FP16)
+        torch.testing.assert_close(got["teacher"], teacher.encode([r["en"] for r in recs]), **FP16)
         return
-    query = teacher.encode([r["query"]["en"] for r in recs], is_query=True)  # with the prompt
+    query = teacher.encode([PROMPT + r["query"]["en"] for r in recs])  # with the prompt
     torch.testing.assert_close(got["teacher_query"], query, **FP16)
-    passage = teacher.encode([r["passage"]["en"] for r in recs], is_query=False)
+    passage = teacher.encode([r["passage"]["en"] for r in recs])
     torch.testing.assert_close(got["teacher_passage"], passage, **FP16)
-    unprompted = teacher.encode([r["query"]["en"] for r in recs], is_query=False)
+    unprompted = teacher.encode([r["query"]["en"] for r in recs])
     assert (got["teacher_query"] - unprompted).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize("objective,kind,workers", [("distill", "pairs", 0), ("mimo", "rows", 2)])
 def test_cached_batches_give_the_live_loss(teacher, data, caches, objective, kind, workers):
-    obj = build_objective(ObjectiveConfig(kind=objective))
+    obj = build_objective(objective_class(objective).Settings(kind=objective))
     g = torch.Generator().manual_seed(1)
     live_loader = loader(data / kind, objective, teacher, workers=workers)
     cached_loader = loader(data / kind, objective, teacher, caches[kind], workers=workers)
     assert len(live_loader) == len(cached_loader) == (5 if workers == 0 else 4)  # 2 slots of 20: 2 batches each
     for live, cached in zip(live_loader, cached_loader):
-        assert live["ids"] == cached["ids"]
-        assert not set(cached) & set(obj.teacher_fields)  # no teacher tokens
-        for name in obj.teacher_fields:
-            assert cached[f"{name}_emb"].dtype == torch.float32 and cached[f"{name}_emb"].shape == (8, 48)
-        student = {f: Embedded(torch.randn(8, 32, generator=g), torch.randn(8, 48, generator=g))
-                   for f in obj.student_fields}
+        assert live.ids == cached.ids
+        assert not cached.teacher  # no teacher tokens
+        for role in obj.teacher_roles:
+            emb = cached.teacher_embeddings[role.name]
+            assert emb.dtype == torch.float32 and emb.shape == (8, 48)
+        student = {role.name: Embedded(torch.randn(8, 32, generator=g), torch.randn(8, 48, generator=g))
+                   for role in obj.student_roles}
         live_targets, cached_targets = teacher_targets(obj, live, teacher), teacher_targets(obj, cached, None)
         torch.testing.assert_close(cached_targets, live_targets, **FP16)
         want, got = obj(student, live_targets), obj(student, cached_targets)
@@ -121,17 +131,17 @@ def test_cached_batches_give_the_live_loss(teacher, data, caches, objective, kin
                                           ({"normalize": False}, "normalize")])
 def test_refuses_a_cache_made_by_another_teacher(data, caches, change, named):
     shards = read_index(data / "rows").fingerprint()
-    check_cache(caches["rows"], fingerprint_of(teacher_config(), None), shards)
+    check_cache(caches["rows"], OBJECTIVE["rows"], fingerprint_of(teacher_config(), None), shards)
     with pytest.raises(ValueError, match=rf"rows_cache.*teacher {named}: cache"):
-        check_cache(caches["rows"], fingerprint_of(teacher_config(**change), None), shards)
+        check_cache(caches["rows"], OBJECTIVE["rows"], fingerprint_of(teacher_config(**change), None), shards)
 
 
 def test_pairs_cache_ignores_the_prompt_but_not_the_dim(data, caches):
     shards = read_index(data / "pairs").fingerprint()
     stage1 = fingerprint_of(teacher_config(query_prompt="other: "), None)
-    check_cache(caches["pairs"], stage1, shards)  # stage 1 never uses the prompt
+    check_cache(caches["pairs"], OBJECTIVE["pairs"], stage1, shards)  # stage 1 never uses the prompt
     with pytest.raises(ValueError, match="teacher dim: cache 48, run 64"):
-        check_cache(caches["pairs"], fingerprint_of(teacher_config(), 64), shards)
+        check_cache(caches["pairs"], OBJECTIVE["pairs"], fingerprint_of(teacher_config(), 64), shards)
 
 
 def test_loader_refuses_a_cache_for_other_shards_or_another_prompt(teacher, data, caches, tmp_path):

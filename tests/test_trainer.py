@@ -98,7 +98,7 @@ def test_deepspeed_configs_and_precisions(nproc, ds_json, precision, data, tmp_p
         f"precision={precision}", "max_steps=6", "epochs=50", "optim.lr=2e-3"])
     losses = _losses(history)
     assert len(losses) == 6 and losses[-1] < losses[0], losses
-    projection = torch.load(tmp_path / "out" / "projection.pt")
+    projection = load_file(tmp_path / "out" / "projection.safetensors")
     assert projection["weight"].dtype == torch.float32  # exported from the fp32 masters, not the bf16 copies
 
 
@@ -165,7 +165,7 @@ def test_stage2_starts_from_stage1_output(data, tmp_path):
     assert stage1_run and len(stage2) == 1 and stage2[0].data.tags["mimo.parent_run"] == stage1_run
     state = torch.load(tmp_path / "init.pt")
     saved = load_file(s1 / "student" / "model.safetensors")
-    projection = torch.load(s1 / "projection.pt")
+    projection = load_file(s1 / "projection.safetensors")
     assert set(saved) == {k.removeprefix("encoder.") for k in state if k.startswith("encoder.")}
     for name, value in saved.items():
         assert torch.equal(state[f"encoder.{name}"], value), name
@@ -198,5 +198,5 @@ def test_init_from_with_another_teacher_is_refused_clearly(data, tmp_path):
          "--set", "student.random_init=null", "--set", "teacher.random_init.hidden_size=40"],
         env=_env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 2  # refused in preflight, before any process group
-    assert "projection.pt maps 32 → 48 dims, this run needs 32 → 40" in proc.stderr
+    assert f"the projection in {s1} maps 32 → 48 dims, this run needs 32 → 40" in proc.stderr
     assert "Traceback" not in proc.stderr

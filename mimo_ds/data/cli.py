@@ -109,6 +109,7 @@ def _teacher_cache(args: argparse.Namespace) -> int:
     from mimo_ds.config import ConfigError, load_config
     from mimo_ds.data.teacher_cache import DEFAULT_DIR, write_cache
     from mimo_ds.models.teacher import Teacher
+    from mimo_ds.objectives import objective_class
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -122,7 +123,8 @@ def _teacher_cache(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
     teacher = Teacher.load(cfg.teacher, device)
-    meta_path = write_cache(teacher, cfg.data.train, out, batch_size=args.batch_size)
+    meta_path = write_cache(teacher, objective_class(cfg.objective.kind), cfg.data.train, out,
+                            batch_size=args.batch_size)
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     print(f"{meta_path}: {meta['count']} {meta['kind']} rows × {meta['dim']} ({', '.join(meta['roles'])}), "
           f"skipped {meta['skipped'] or 'none'}; use it with --set data.teacher_cache={out}")
@@ -130,7 +132,7 @@ def _teacher_cache(args: argparse.Namespace) -> int:
 
 
 def _register_teacher_cache(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("teacher-cache", help="encode the shards' English side with the run's teacher")
+    p = subparsers.add_parser("teacher-cache", help="encode the teacher roles of the run's objective with its teacher")
     p.add_argument("--config", required=True, help="run config YAML: its teacher section and data.train are used")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", type=Path, help="cache folder (default: <data.train>/teacher_cache)")

@@ -15,8 +15,11 @@ tokenising: exact, and it rebuilds the epoch's bad-record counts on the way.
 Resampled mode draws shards with replacement (seeded per epoch and slot) and yields `steps_per_epoch` batches per
 rank: for runs where an epoch boundary must not depend on the data size.
 
-With a teacher cache (`mimo_ds.data.teacher_cache`), the teacher roles are looked up by write position instead of
-tokenised, each lookup checked against the sample id and the exact teacher text the cache encoded.
+What a batch holds is read from the objective's declaration (`mimo_ds.objectives`): its student roles, in the
+languages its schedule gives the row's write position, and its teacher roles (English, the teacher's prompt on
+queries), each role's texts built by `role_texts`. With a teacher cache (`mimo_ds.data.teacher_cache`) the teacher
+roles are looked up by write position instead of tokenised, each lookup checked against the sample id and the exact
+teacher text the cache encoded.
 
 A record that cannot be used is skipped and counted by reason (`mimo_ds.data.records`); when a slot is short of
 records because of them, it borrows the records after its range (counted as `borrowed`), so the batch count holds.
@@ -42,15 +45,14 @@ from mimo_ds.data.records import (
     BadRecord,
     check_record,
 )
-from mimo_ds.data.schedules import OBJECTIVES, LanguageSchedule
+from mimo_ds.data.batch import Batch, Tokens
 from mimo_ds.data.shards import ShardIndex, ShardInfo, ShardReadError, iter_shard, read_index
-from mimo_ds.data.teacher_cache import TeacherCache, check_cache
+from mimo_ds.data.teacher_cache import TeacherCache, check_cache, teacher_texts
+from mimo_ds.objectives import objective_class, role_texts
 
 STATE_VERSION = 1
 GOOD = "good"
 BORROWED = "borrowed"
-# Batch roles that hold English text for the teacher, and the key each takes when read from a teacher cache.
-TEACHER_ROLES = {"teacher": "teacher_emb", "teacher_query": "teacher_query_emb", "teacher_passage": "teacher_passage_emb"}
 
 
 @dataclass
@@ -59,9 +61,11 @@ class LoaderSpec:
 
     `rank` / `world_size` left None are taken from torch.distributed when initialised, else from RANK / WORLD_SIZE.
     `languages` None means every language of the index (for rows: the languages every row holds).
+    `objective` is a registered objective kind; `student_prompts` is the student's (query prompt, passage prompt),
+    `teacher_query_prompt` the teacher's query prompt (teacher roles marked as queries get it).
     `max_bad_fraction` is the ceiling on bad records among those a worker has read, checked after every shard.
     `teacher_cache` (a `mimo-ds teacher-cache` folder for these shards) replaces the teacher tokens by cached
-    embeddings (`teacher*_emb`); then no teacher tokenizer is needed.
+    embeddings (`Batch.teacher_embeddings`); then no teacher tokenizer is needed.
     """
 
     shards: str | os.PathLike[str]
@@ -69,7 +73,8 @@ class LoaderSpec:
     student_tokenizer: Any
     batch_size: int
     teacher_tokenizer: Any = None
-    teacher_query_prompt: str | None = None
+    student_prompts: tuple[str, str] = ("", "")
+    teacher_query_prompt: str = ""
     languages: Sequence[str] | None = None
     student_max_length: int = 256
     teacher_max_length: int = 256
@@ -140,7 +145,8 @@ class _SlotStreams(IterableDataset):
         self.workers = max(1, spec.num_workers)
         self.student_tok = _load_tokenizer(spec.student_tokenizer, "student")
         self.teacher_tok = _load_tokenizer(spec.teacher_tokenizer, "teacher")
-        self.schedule = None if spec.objective == "distill" else LanguageSchedule(spec.objective, languages, spec.seed)
+        self.objective = objective_class(spec.objective)
+        self.schedule = self.objective.schedule(languages, spec.seed)
         self._cache: TeacherCache | None = None  # opened in the worker: memory maps are not for pickling
         # Per-shard counts of the selected records: what the ordinals number.
         if self.subset:
@@ -291,55 +297,39 @@ class _SlotStreams(IterableDataset):
         yield from self._borrowed_records(order, hi, counts)
 
     # -- batches -------------------------------------------------------------------------------------------------------
-    def _tokenize(self, tokenizer: Any, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    def _tokenize(self, tokenizer: Any, texts: list[str], max_length: int) -> Tokens:
         # padding="longest" = dynamic padding; the side is the tokenizer's own (left for decoder teachers).
         enc = tokenizer(texts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
         return {"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()}
 
-    def texts(self, chunk: list[tuple[int, dict]]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-        """(texts per student/teacher role, language lists) for a batch of (position, record)."""
+    def _languages(self, chunk: list[tuple[int, dict]]) -> tuple[list[dict[str, str]] | None, dict[str, list[str]]]:
+        """Each row's language per student role (from the schedule, or a pair's own), and the same as lists."""
+        roles = [role.name for role in self.objective.student_roles]
+        if self.schedule is None:
+            return None, {role: [r["lang"] for _, r in chunk] for role in roles}
+        plans = [self.schedule(pos) for pos, _ in chunk]
+        return plans, {role: [p[role] for p in plans] for role in roles}
+
+    def collate(self, chunk: list[tuple[int, dict]]) -> Batch:
         records = [r for _, r in chunk]
-        if self.spec.objective == "distill":
-            return (
-                {"student": [r["text"] for r in records], "teacher": [r["en"] for r in records]},
-                {"lang": [r["lang"] for r in records]},
-            )
-        assert self.schedule is not None
-        plans = [self.schedule.assign(pos) for pos, _ in chunk]
-        texts: dict[str, list[str]] = {}
-        langs: dict[str, list[str]] = {}
-        for role in plans[0]:
-            source = "passage" if role == "passage" else "query"
-            texts[role] = [r[source][p[role]] for r, p in zip(records, plans)]
-            langs[f"{role}_lang"] = [p[role] for p in plans]
-        if self.spec.objective == "mimo":
-            prompt = self.spec.teacher_query_prompt or ""
-            texts["teacher_query"] = [prompt + r["query"]["en"] for r in records]
-            texts["teacher_passage"] = [r["passage"]["en"] for r in records]
-        return texts, langs
-
-    def cached_teacher(self, chunk: list[tuple[int, dict]], texts: dict[str, list[str]]) -> dict[str, torch.Tensor]:
-        """`teacher*_emb` float32 [B, dim] from the cache, by write position (checked against ids and texts)."""
-        if self._cache is None:
-            self._cache = TeacherCache.open(self.spec.teacher_cache)
-        teacher_texts = {role: items for role, items in texts.items() if role in TEACHER_ROLES}
-        found = self._cache.take([pos for pos, _ in chunk], [r["id"] for _, r in chunk], teacher_texts)
-        return {TEACHER_ROLES[role]: emb for role, emb in found.items()}
-
-    def collate(self, chunk: list[tuple[int, dict]]) -> dict[str, Any]:
-        texts, langs = self.texts(chunk)
-        batch: dict[str, Any] = {"ids": [r["id"] for _, r in chunk], **langs}
-        cached = self.spec.teacher_cache is not None
-        for role, items in texts.items():
-            if role not in TEACHER_ROLES:
-                batch[role] = self._tokenize(self.student_tok, items, self.spec.student_max_length)
-            elif not cached:
-                batch[role] = self._tokenize(self.teacher_tok, items, self.spec.teacher_max_length)
-        if cached:
-            batch.update(self.cached_teacher(chunk, texts))
+        plans, languages = self._languages(chunk)
+        student = role_texts(self.objective.student_roles, records, self.kind, plans, self.spec.student_prompts)
+        batch = Batch(ids=[r["id"] for r in records], languages=languages,
+                      student={role: self._tokenize(self.student_tok, texts, self.spec.student_max_length)
+                               for role, texts in student.items()})
+        if not self.objective.needs_teacher():
+            return batch
+        teacher = teacher_texts(self.objective, records, self.spec.teacher_query_prompt)
+        if self.spec.teacher_cache is None:
+            batch.teacher = {role: self._tokenize(self.teacher_tok, texts, self.spec.teacher_max_length)
+                             for role, texts in teacher.items()}
+        else:
+            if self._cache is None:
+                self._cache = TeacherCache.open(self.spec.teacher_cache)
+            batch.teacher_embeddings = self._cache.take([pos for pos, _ in chunk], batch.ids, teacher)
         return batch
 
-    def __iter__(self) -> Iterator[tuple[dict[str, Any], int, dict[str, int]]]:
+    def __iter__(self) -> Iterator[tuple[Batch, int, dict[str, int]]]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
         if info is not None and info.num_workers != self.workers:
@@ -377,18 +367,13 @@ class TrainLoader:
     def languages(self) -> tuple[str, ...]:
         return self._streams.languages
 
-    @property
-    def samples_per_epoch(self) -> int:
-        """Records used per epoch on all ranks together (the rest of the N selected records are left over)."""
-        return len(self) * self.spec.batch_size * self._streams.world
-
     def __len__(self) -> int:
         if self.spec.resampled:
             return int(self.spec.steps_per_epoch or 0)
         available = self._streams.batches_per_slot() * self._streams.workers
         return min(available, self.spec.steps_per_epoch) if self.spec.steps_per_epoch else available
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Batch]:
         streams = self._streams
         streams.epoch, streams.skip, streams.batches_per_rank = self.epoch, self.batches_done, len(self)
         if self.spec.num_workers == 0:
@@ -401,6 +386,9 @@ class TrainLoader:
                 num_workers=self.spec.num_workers,
                 prefetch_factor=self.spec.prefetch_factor,
                 persistent_workers=False,
+                # A generator of its own: the workers' base seed must not be drawn from the global one, or starting
+                # an epoch (or a resumed run) would shift the dropout masks of every later step.
+                generator=torch.Generator().manual_seed(self.spec.seed),
             )
         for batch, role, counts in source:
             self._worker_counts[role] = counts
@@ -475,18 +463,17 @@ class TrainLoader:
 
 
 def _check_teacher_cache(spec: LoaderSpec, index: ShardIndex) -> None:
-    """Refuse, before any worker starts, a cache for other shards or (mimo) made with another query prompt than the
-    one this loader would put on the English queries."""
-    if spec.objective not in ("distill", "mimo"):
+    """Refuse, before any worker starts, a cache for other shards, other teacher roles or (query roles) made with
+    another query prompt than the one this loader would put on the teacher's queries."""
+    objective = objective_class(spec.objective)
+    if not objective.needs_teacher():
         raise ValueError(f"objective {spec.objective!r} uses no teacher; drop teacher_cache {spec.teacher_cache}")
-    prompt = {"query_prompt": spec.teacher_query_prompt or ""} if spec.objective == "mimo" else None
-    check_cache(spec.teacher_cache, prompt, index.fingerprint())
+    check_cache(spec.teacher_cache, objective, {"query_prompt": spec.teacher_query_prompt}, index.fingerprint())
 
 
 def build_train_loader(spec: LoaderSpec) -> TrainLoader:
     """Check `spec` against the shard folder and return the loader (no worker starts until iteration)."""
-    if spec.objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {spec.objective!r}")
+    objective = objective_class(spec.objective)
     if spec.batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {spec.batch_size}")
     if spec.num_workers < 0:
@@ -496,9 +483,8 @@ def build_train_loader(spec: LoaderSpec) -> TrainLoader:
     if spec.resampled and not spec.steps_per_epoch:
         raise ValueError("resampled mode needs steps_per_epoch (the fixed number of batches per epoch per rank)")
     index = read_index(spec.shards)
-    want = "pairs" if spec.objective == "distill" else "rows"
-    if index.kind != want:
-        raise ValueError(f"objective {spec.objective!r} needs {want} shards; {index.folder} holds {index.kind}")
+    if index.kind != objective.shards:
+        raise ValueError(f"objective {spec.objective!r} needs {objective.shards} shards; {index.folder} holds {index.kind}")
     available = index.languages if index.kind == "pairs" else index.row_languages
     languages = tuple(sorted(set(spec.languages))) if spec.languages is not None else tuple(available)
     if unknown := sorted(set(languages) - set(available)):
@@ -507,7 +493,7 @@ def build_train_loader(spec: LoaderSpec) -> TrainLoader:
         raise ValueError(f"no languages selected from {index.folder}")
     if spec.teacher_cache is not None:
         _check_teacher_cache(spec, index)
-    elif spec.objective in ("distill", "mimo") and spec.teacher_tokenizer is None:
+    elif objective.needs_teacher() and spec.teacher_tokenizer is None:
         raise ValueError(f"objective {spec.objective!r} needs a teacher tokenizer")
     rank, world = _rank_and_world(spec)
     if not 0 <= rank < world:

@@ -4,20 +4,24 @@ MIMO's comparison is only fair when every run sees the same (query language, pas
 the assignment depends on nothing but the seed and the row's write position in its shard folder (its position in id
 order: converters write ids in order). Not the shuffle, the rank, the worker or the epoch.
 
-Balanced cycling (the paper's pre-sampling, `prepare_stage2_datasets.py`): the P items (ordered pairs, or single
-languages) are shuffled with the seed, dealt out to the next P positions, then shuffled again for the next cycle. Over
-N rows in position order each item occurs ⌊N/P⌋ or ⌈N/P⌉ times, and each cycle's permutation depends only on (seed,
-stream, cycle), so any position is computed in O(P) without the ones before it.
+Balanced cycling (the paper's pre-sampling of MIMO's reference code): the P items (ordered pairs, or single
+languages) are shuffled with the seed, dealt out to the next P positions, then shuffled again for the next cycle.
+Over N rows in position order each item occurs ⌊N/P⌋ or ⌈N/P⌉ times, and each cycle's permutation depends only on
+(seed, stream, cycle), so any position is computed in O(P) without the ones before it.
+
+Objectives declare their schedule from the building blocks here (`cross_lingual`, `same_language`, `combine`);
+the ones built on the same stream with the same seed (MIMO, XLCO, LaKDA's two query views) see identical pairs.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
-from typing import Hashable, Literal, Sequence
+from collections.abc import Callable
+from typing import Hashable, Sequence
 
-Objective = Literal["distill", "mimo", "xlco", "infonce", "lakda"]
-OBJECTIVES: tuple[str, ...] = ("distill", "mimo", "xlco", "infonce", "lakda")
+#: Position → {role: language}: what an objective's schedule answers for each row.
+RoleLanguages = Callable[[int], dict[str, str]]
 
 # Streams: MIMO and XLCO share one (identical assignments by construction); LaKDA reuses it for (q_a, q_b).
 CROSS_STREAM = "cross-pairs"
@@ -59,40 +63,52 @@ class CyclicSchedule:
         return self._permutation(cycle)[offset]
 
 
-class LanguageSchedule:
-    """The languages each text of a stage-2 row is shown in, for one objective.
+class _PairRoles:
+    """Gives the two languages of a pair schedule to two roles (a class, not a lambda: loader workers may pickle it)."""
 
-    `assign(position)` returns a map from batch role to language:
-    - mimo / xlco: {"query": a, "passage": b}, (a, b) cycling over all ordered pairs (same stream: identical);
-    - infonce: {"query": a, "passage": a}, a cycling over the languages;
-    - lakda: {"query": a, "query_b": b, "passage": c}, (a, b) from the same pair cycle as MIMO, c cycling over the
-      languages in its own stream.
-    Stage 1 (`distill`) has no schedule: a pair's language is fixed by the corpus.
-    """
+    def __init__(self, schedule: CyclicSchedule, roles: tuple[str, str]) -> None:
+        self.schedule, self.roles = schedule, roles
 
-    def __init__(self, objective: Objective, languages: Sequence[str], seed: int):
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-        if objective == "distill":
-            raise ValueError("stage-1 pairs carry their own language; 'distill' has no language schedule")
-        langs = sorted(set(languages))
-        if objective in ("mimo", "xlco", "lakda") and len(langs) < 2:
-            raise ValueError(f"{objective} needs at least two languages, got {langs}")
-        if not langs:
-            raise ValueError("a schedule needs at least one language")
-        self.objective = objective
-        self.languages = tuple(langs)
-        self.seed = seed
-        self._pairs = CyclicSchedule(ordered_pairs(langs), seed, CROSS_STREAM)
-        self._same = CyclicSchedule(langs, seed, SAME_STREAM)
-        self._lakda_passage = CyclicSchedule(langs, seed, LAKDA_PASSAGE_STREAM)
+    def __call__(self, position: int) -> dict[str, str]:
+        return dict(zip(self.roles, self.schedule(position)))  # type: ignore[call-overload]
 
-    def assign(self, position: int) -> dict[str, str]:
-        if self.objective in ("mimo", "xlco"):
-            a, b = self._pairs(position)
-            return {"query": a, "passage": b}
-        if self.objective == "infonce":
-            a = self._same(position)
-            return {"query": a, "passage": a}
-        a, b = self._pairs(position)
-        return {"query": a, "query_b": b, "passage": self._lakda_passage(position)}
+
+class _SharedRoles:
+    """Gives one language of a language schedule to every role."""
+
+    def __init__(self, schedule: CyclicSchedule, roles: tuple[str, ...]) -> None:
+        self.schedule, self.roles = schedule, roles
+
+    def __call__(self, position: int) -> dict[str, str]:
+        return dict.fromkeys(self.roles, self.schedule(position))  # type: ignore[arg-type]
+
+
+class _Combined:
+    def __init__(self, schedules: tuple[RoleLanguages, ...]) -> None:
+        self.schedules = schedules
+
+    def __call__(self, position: int) -> dict[str, str]:
+        return {role: lang for schedule in self.schedules for role, lang in schedule(position).items()}
+
+
+def cross_lingual(languages: Sequence[str], seed: int, roles: tuple[str, str] = ("query", "passage"),
+                  stream: str = CROSS_STREAM) -> RoleLanguages:
+    """(a, b), a ≠ b, cycling over every ordered pair of `languages`: 14 languages give 182 pairs."""
+    pairs = ordered_pairs(languages)
+    if not pairs:
+        raise ValueError(f"a cross-lingual schedule needs at least two languages, got {sorted(set(languages))}")
+    return _PairRoles(CyclicSchedule(pairs, seed, stream), roles)
+
+
+def same_language(languages: Sequence[str], seed: int, roles: tuple[str, ...] = ("query", "passage"),
+                  stream: str = SAME_STREAM) -> RoleLanguages:
+    """One language for all `roles`, cycling over `languages`."""
+    langs = sorted(set(languages))
+    if not langs:
+        raise ValueError("a schedule needs at least one language")
+    return _SharedRoles(CyclicSchedule(langs, seed, stream), roles)
+
+
+def combine(*schedules: RoleLanguages) -> RoleLanguages:
+    """One schedule answering for the roles of several (each role answered by exactly one of them)."""
+    return _Combined(schedules)

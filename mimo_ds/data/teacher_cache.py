@@ -2,16 +2,20 @@
 
 The teacher is frozen, so its embedding of a text never changes; encoding the English side of a corpus once
 (`mimo-ds teacher-cache`) takes the teacher's forward passes, and the teacher itself, out of every training step.
+A cache is made for one objective's teacher roles (`Objective.teacher_roles`), with the texts built by the same
+function the loader uses (`mimo_ds.objectives.role_texts`), so the prompt rule cannot drift between the two.
 
 Layout of a cache folder (rows are the shard folder's write positions, 0..total-1, so a record's row is the position
 the loader already knows; records the writer could not read leave a zero row with an empty id):
-- `<role>.npy`: float16 [total, dim], one per teacher role: `teacher` for pairs (the English side, no prompt: stage 1
-  never uses it); `teacher_query` (the English query WITH the teacher's query prompt) and `teacher_passage` for rows;
+- `<role>.npy`: float16 [total, dim], one per teacher role of the objective: `teacher` for stage 1 (the English
+  side, no prompt); `teacher_query` (the English query WITH the teacher's query prompt) and `teacher_passage` for
+  MIMO;
 - `ids.npy`: the sample id of each row (bytes), so a lookup is checked against the id the shards hold there;
 - `text_hash.npy`: uint64 hash of the exact texts the teacher saw for the row, so a reconverted corpus with the same
   shard names and counts, or another prompt, is caught at the first batch instead of training on wrong targets;
-- `meta.json` (written last: a folder without one is an interrupted run): format, kind, the teacher fingerprint
-  (`Teacher.fingerprint()`), the shard folder's `ShardIndex.fingerprint()`, dim, count, roles, skipped records.
+- `meta.json` (written last: a folder without one is an interrupted run): format, kind, the objective, the teacher
+  fingerprint (`Teacher.fingerprint()`), the shard folder's `ShardIndex.fingerprint()`, dim, count, roles, skipped
+  records.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import hashlib
 import json
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -32,29 +36,20 @@ from tqdm import tqdm
 from mimo_ds.data.jsonfile import read_versioned_json
 from mimo_ds.data.records import KEY_MISMATCH, MISSING_SHARD, TRUNCATED_SHARD, UNINDEXED, BadRecord, check_record
 from mimo_ds.data.shards import ShardIndex, ShardReadError, iter_shard, read_index
+from mimo_ds.models.fingerprint import CHECKED_KEYS, fingerprint_of
+from mimo_ds.models.teacher import config_width
+from mimo_ds.objectives import Objective, objective_class, role_texts
 
 DEFAULT_DIR = "teacher_cache"  # beside the shards: `<data.train>/teacher_cache`
 META_NAME = "meta.json"
 CACHE_FORMAT = 1
 IDS_NAME = "ids.npy"
 HASH_NAME = "text_hash.npy"
-# Teacher roles per shard kind (the loader's batch roles), and whether the role's text is a query (gets the prompt).
-ROLES: dict[str, dict[str, bool]] = {
-    "pairs": {"teacher": False},
-    "rows": {"teacher_query": True, "teacher_passage": False},
-}
-# Fingerprint keys a cache is checked on; a stage-1 (pairs) cache never saw the prompt, so it is not compared there.
-CHECKED_KEYS = ("path", "pooling", "normalize", "query_prompt", "max_length", "dim")
 
 
-def english_texts(records: Sequence[dict[str, Any]], kind: str, query_prompt: str) -> dict[str, list[str]]:
-    """Role → the texts the teacher sees for these records, exactly as the loader builds them (prompt on queries)."""
-    if kind == "pairs":
-        return {"teacher": [r["en"] for r in records]}
-    return {
-        "teacher_query": [query_prompt + r["query"]["en"] for r in records],
-        "teacher_passage": [r["passage"]["en"] for r in records],
-    }
+def teacher_texts(objective: type[Objective], records: Sequence[dict[str, Any]], query_prompt: str) -> dict[str, list[str]]:
+    """Role → the exact texts the teacher sees for these records (English side, prompt on query roles)."""
+    return role_texts(objective.teacher_roles, records, objective.shards, None, (query_prompt, ""))
 
 
 def text_hashes(texts: dict[str, list[str]]) -> np.ndarray:
@@ -89,11 +84,11 @@ def _good_records(index: ShardIndex, skipped: Counter[str]) -> Iterator[tuple[in
             skipped[lost] += max(0, shard.count - read)
 
 
-def _encode_batch(teacher: Any, records: list[dict[str, Any]], kind: str) -> dict[str, np.ndarray]:
-    """Role → float16 embeddings; the Teacher adds its own prompt to queries (is_query), as in live training."""
-    out, raw = {}, english_texts(records, kind, "")
-    for role, is_query in ROLES[kind].items():
-        emb = teacher.encode(raw[role], is_query=is_query).cpu().numpy().astype(np.float16)
+def _encode(teacher: Any, texts: dict[str, list[str]]) -> dict[str, np.ndarray]:
+    """Role → float16 embeddings of exactly these texts."""
+    out = {}
+    for role, items in texts.items():
+        emb = teacher.encode(items).cpu().numpy().astype(np.float16)
         if not np.isfinite(emb).all():
             raise ValueError(f"teacher embeddings for {role} overflow float16 (normalize the teacher or cache fp32)")
         out[role] = emb
@@ -102,26 +97,33 @@ def _encode_batch(teacher: Any, records: list[dict[str, Any]], kind: str) -> dic
 
 def write_cache(
     teacher: Any,
+    objective: type[Objective],
     shards: str | os.PathLike[str],
     out: str | os.PathLike[str],
     batch_size: int = 256,
     progress: bool = True,
 ) -> Path:
-    """Encode the English side of every usable record of `shards` with `teacher` into `out`; returns meta.json's path.
+    """Encode `objective`'s teacher roles for every usable record of `shards` with `teacher` into `out`; returns
+    meta.json's path.
 
     `teacher` is a loaded `mimo_ds.models.teacher.Teacher` (anything with `encode`, `fingerprint()`, `dim`, `cfg`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    if not objective.needs_teacher():
+        raise ValueError(f"objective {objective.kind!r} uses no teacher: there is nothing to cache")
     index = read_index(shards)
+    if index.kind != objective.shards:
+        raise ValueError(f"objective {objective.kind!r} reads {objective.shards}; {index.folder} holds {index.kind}")
     out = Path(out)
     if (out / META_NAME).exists():
         raise FileExistsError(f"{out / META_NAME} exists: write the teacher cache into a fresh folder")
     out.mkdir(parents=True, exist_ok=True)
     n, dim, prompt = index.total, teacher.dim, teacher.cfg.query_prompt
+    roles = [role.name for role in objective.teacher_roles]
     arrays = {
         role: np.lib.format.open_memmap(out / f"{role}.npy", mode="w+", dtype=np.float16, shape=(n, dim))
-        for role in ROLES[index.kind]
+        for role in roles
     }
     ids: list[bytes] = [b""] * n
     hashes = np.zeros(n, dtype=np.uint64)
@@ -130,10 +132,10 @@ def write_cache(
     with tqdm(total=n, desc=f"teacher cache {index.folder.name}", unit="rec", disable=not progress) as bar:
         while chunk := list(islice(records, batch_size)):
             rows = np.array([pos for pos, _ in chunk])
-            batch = [r for _, r in chunk]
-            for role, emb in _encode_batch(teacher, batch, index.kind).items():
+            texts = teacher_texts(objective, [r for _, r in chunk], prompt)
+            for role, emb in _encode(teacher, texts).items():
                 arrays[role][rows] = emb
-            hashes[rows] = text_hashes(english_texts(batch, index.kind, prompt))
+            hashes[rows] = text_hashes(texts)
             for pos, record in chunk:
                 ids[pos] = record["id"].encode()
             bar.update(len(chunk))
@@ -144,13 +146,14 @@ def write_cache(
     meta = {
         "format": CACHE_FORMAT,
         "kind": index.kind,
+        "objective": objective.kind,
         "fingerprint": teacher.fingerprint(),
         "shards": index.fingerprint(),
         "shards_folder": str(index.folder),
         "dim": dim,
         "count": n,
         "dtype": "float16",
-        "roles": list(ROLES[index.kind]),
+        "roles": roles,
         "skipped": dict(sorted(skipped.items())),
     }
     tmp = out / (META_NAME + ".tmp")
@@ -168,22 +171,29 @@ def read_cache_meta(folder: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def check_cache(
-    folder: str | os.PathLike[str], teacher_fingerprint: dict[str, Any] | None, shards_fingerprint: str | None
+    folder: str | os.PathLike[str], objective: type[Objective], teacher_fingerprint: dict[str, Any] | None,
+    shards_fingerprint: str | None,
 ) -> dict[str, Any]:
-    """Refuse a cache made by another teacher (path, pooling, normalize, prompt, max length, dim) or for other shards.
+    """Refuse a cache made for other teacher roles, by another teacher (path, pooling, normalize, prompt, max length,
+    dim) or for other shards.
 
     Keys missing from `teacher_fingerprint`, or None there (a run that has not loaded its teacher knows no dim), are
-    not compared; nor is the prompt for a pairs cache, whose texts never carry it. Returns the meta on success.
+    not compared; nor is the prompt when the objective has no query role (its texts never carry it). Returns the
+    meta on success.
     """
     meta = read_cache_meta(folder)
     diffs = []
+    wanted = sorted(role.name for role in objective.teacher_roles)
+    if sorted(meta["roles"]) != wanted:
+        diffs.append(f"roles: the cache holds {sorted(meta['roles'])}, objective {objective.kind!r} needs {wanted}")
+    prompted = any(role.query for role in objective.teacher_roles)
     if shards_fingerprint is not None and meta["shards"] != shards_fingerprint:
         diffs.append(f"shards: the cache was made for {meta['shards_folder']} (fingerprint {meta['shards']}), "
                      f"these shards have fingerprint {shards_fingerprint}")
     cached = meta["fingerprint"]
     for key in CHECKED_KEYS:
         want = (teacher_fingerprint or {}).get(key)
-        if want is None or (key == "query_prompt" and meta["kind"] == "pairs"):
+        if want is None or (key == "query_prompt" and not prompted):
             continue
         if cached.get(key) != want:
             diffs.append(f"teacher {key}: cache {cached.get(key)!r}, run {want!r}")
@@ -201,7 +211,6 @@ class TeacherCache:
     arrays: dict[str, np.ndarray]
     ids: np.ndarray
     hashes: np.ndarray
-    _rows: dict[str, int] | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, folder: str | os.PathLike[str]) -> "TeacherCache":
@@ -217,14 +226,6 @@ class TeacherCache:
 
     def _embeddings(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         return {role: torch.from_numpy(np.asarray(a[rows], dtype=np.float32)) for role, a in self.arrays.items()}
-
-    def lookup(self, ids: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Role → float32 [len(ids), dim] for these sample ids (the id → row map is built on the first call)."""
-        if self._rows is None:
-            self._rows = {raw.decode(): row for row, raw in enumerate(self.ids.tolist()) if raw}
-        if missing := [i for i in ids if i not in self._rows]:
-            raise KeyError(f"teacher cache {self.folder} holds no embedding for ids {missing[:5]}")
-        return self._embeddings(np.array([self._rows[i] for i in ids], dtype=np.int64))
 
     def take(
         self, positions: Sequence[int], ids: Sequence[str], texts: dict[str, list[str]]
@@ -247,9 +248,15 @@ class TeacherCache:
 
 
 def check_run_cache(cfg: Any) -> dict[str, Any]:
-    """Check a run config's `data.teacher_cache` against its teacher section and `data.train`, without loading the
-    teacher (so a mismatch costs seconds, before any process group starts); returns the cache's meta."""
-    from mimo_ds.models.teacher import fingerprint_of
-
+    """Check a run config's `data.teacher_cache` against its objective, teacher section and `data.train`, without
+    loading the teacher (so a mismatch costs seconds, before any process group starts); returns the cache's meta."""
     shards = read_index(cfg.data.train).fingerprint()
-    return check_cache(cfg.data.teacher_cache, fingerprint_of(cfg.teacher, None), shards)
+    return check_cache(cfg.data.teacher_cache, objective_class(cfg.objective.kind), fingerprint_of(cfg.teacher, None),
+                       shards)
+
+
+def teacher_width(cfg: Any) -> int:
+    """The width of the teacher a run config distils from, without loading it: its cache's record, else its config."""
+    if cfg.data.teacher_cache is not None:
+        return int(read_cache_meta(cfg.data.teacher_cache)["fingerprint"]["dim"])
+    return config_width(cfg.teacher)

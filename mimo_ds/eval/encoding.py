@@ -19,7 +19,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from mimo_ds.eval.search import gather_rows
-from mimo_ds.models.pooling import ST_POOLING_KEYS, pool, pooling_mode
+from mimo_ds.models.encoding import encode_texts, pooled_forward
+from mimo_ds.models.pooling import ST_POOLING_KEYS, pooling_mode
 
 Role = Literal["query", "passage"]
 EncodeFn = Callable[[list[str], Role], Tensor]
@@ -77,18 +78,9 @@ class HFEncoder:
     @torch.inference_mode()
     def encode(self, texts: list[str], role: Role) -> Tensor:
         prompt = self.prompts[role]
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        out = torch.empty(len(texts), 0)
-        for start in range(0, len(texts), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            enc = self.tokenizer([prompt + texts[i] for i in idx], padding=True, truncation=True,
-                                 max_length=self.max_length, return_tensors="pt").to(self.device)
-            hidden = self.model(**enc).last_hidden_state
-            emb = F.normalize(pool(hidden, enc["attention_mask"], self.pooling).float(), dim=-1).cpu()
-            if out.shape[1] == 0:
-                out = torch.empty(len(texts), emb.shape[1])
-            out[idx] = emb
-        return out
+        emb = encode_texts(pooled_forward(self.model, self.pooling), self.tokenizer, [prompt + t for t in texts],
+                           max_length=self.max_length, batch_size=self.batch_size, device=self.device)
+        return F.normalize(emb, dim=-1)
 
 
 def read_st_folder(path: Path) -> dict:

@@ -47,8 +47,9 @@ def pick_attn_implementation(requested: str) -> str:
     return "sdpa"
 
 
-def load_tokenizer(path: str, padding_side: str | None = None) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(path))
+def load_tokenizer(path: str, padding_side: str | None = None, trust_remote_code: bool = False
+                   ) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(path), trust_remote_code=trust_remote_code)
     if padding_side is not None:
         tokenizer.padding_side = padding_side
     if tokenizer.pad_token is None:
@@ -57,20 +58,23 @@ def load_tokenizer(path: str, padding_side: str | None = None) -> PreTrainedToke
 
 
 def load_encoder(
-    path: str, *, random_init: dict[str, Any] | None, attn_implementation: str, dtype: torch.dtype | None = None
+    path: str, *, random_init: dict[str, Any] | None, attn_implementation: str, dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
 ) -> PreTrainedModel:
     """Load pretrained weights, or build the architecture with config overrides and random weights.
 
     Goes through `AutoModel` on purpose: under a live `HfDeepSpeedConfig` (ZeRO-3) transformers then partitions the
-    weights while loading, which a hand-built module would not do.
+    weights while loading, which a hand-built module would not do. Code shipped with a model runs only when the
+    recipe sets `trust_remote_code`.
     """
     folder = resolve_model_path(path)
     attn = pick_attn_implementation(attn_implementation)
     if random_init is not None:
-        config = AutoConfig.from_pretrained(folder, **random_init)
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, **random_init)
         config._attn_implementation = attn
-        return AutoModel.from_config(config, dtype=dtype) if dtype is not None else AutoModel.from_config(config)
-    kwargs: dict[str, Any] = {"attn_implementation": attn}
+        kwargs = {"dtype": dtype} if dtype is not None else {}
+        return AutoModel.from_config(config, trust_remote_code=trust_remote_code, **kwargs)
+    kwargs: dict[str, Any] = {"attn_implementation": attn, "trust_remote_code": trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = dtype
     return AutoModel.from_pretrained(folder, **kwargs)

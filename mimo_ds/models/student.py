@@ -1,37 +1,23 @@
 """The student: a multilingual HF encoder + pooling, and the projection P into the teacher's space.
 
 Encoder and projection are ONE module so that DeepSpeed shards, casts and optimises both: P keeps fp32 master
-weights like every other parameter. Activations are cast to P's dtype, never P itself (the reference code cast the
-projection in place to bf16 and lost its fp32 master copy; mimo-method.md §7).
+weights like every other parameter. Activations are cast to P's dtype, never P itself (MIMO's reference code cast
+the projection in place to the student's bf16 and so lost its fp32 master copy).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 
 from mimo_ds.config import Pooling, StudentConfig
+from mimo_ds.models.embedded import Embedded
 from mimo_ds.models.loading import load_encoder
 from mimo_ds.models.pooling import pool
-
-PROJECTION_FILE = "projection.pt"
-STUDENT_DIR = "student"
-STUDENT_META = "mimo_ds_student.json"
-
-
-class Embedded(NamedTuple):
-    """One text field through the student: the native embedding (used for retrieval) and P of it (for distillation).
-
-    A NamedTuple, not a dataclass, so ZeRO-3's module hooks can see the tensors inside the output.
-    """
-
-    emb: torch.Tensor
-    proj: torch.Tensor | None
+from mimo_ds.stage_output import STUDENT_DIR, read_projection, read_student_meta
 
 
 class Student(nn.Module):
@@ -74,7 +60,8 @@ def _new_projection(in_dim: int, out_dim: int) -> nn.Linear:
 def build_student(cfg: StudentConfig, teacher_dim: int | None, init_from: Path | None) -> Student:
     """Build the student from its backbone, or from a finished stage's output (student weights + projection)."""
     if init_from is None:
-        encoder = load_encoder(cfg.path, random_init=cfg.random_init, attn_implementation=cfg.attn_implementation)
+        encoder = load_encoder(cfg.path, random_init=cfg.random_init, attn_implementation=cfg.attn_implementation,
+                               trust_remote_code=cfg.trust_remote_code)
         student = Student(encoder, cfg.pooling, teacher_dim)
     else:
         student = _from_stage_output(cfg, teacher_dim, init_from)
@@ -89,31 +76,29 @@ def _from_stage_output(cfg: StudentConfig, teacher_dim: int | None, init_from: P
         raise ValueError(
             f"init_from {init_from} was trained with pooling '{meta['pooling']}', the config asks for '{cfg.pooling}'"
         )
-    encoder = load_encoder(str(init_from / STUDENT_DIR), random_init=None, attn_implementation=cfg.attn_implementation)
+    encoder = load_encoder(str(init_from / STUDENT_DIR), random_init=None, attn_implementation=cfg.attn_implementation,
+                           trust_remote_code=cfg.trust_remote_code)
     student = Student(encoder, cfg.pooling, teacher_dim)
-    projection_file = init_from / PROJECTION_FILE
-    if student.projection is not None and projection_file.is_file():
-        state = torch.load(projection_file, map_location="cpu", weights_only=True)
+    state = read_projection(init_from) if student.projection is not None else None
+    if student.projection is not None and state is not None:
         weight = student.projection.weight
         needed = tuple(getattr(weight, "ds_shape", weight.shape))  # ZeRO-3 keeps the full shape in ds_shape
         if tuple(state["weight"].shape) != needed:
-            raise ValueError(_projection_mismatch(projection_file, tuple(state["weight"].shape), needed))
+            raise ValueError(_projection_mismatch(init_from, tuple(state["weight"].shape), needed))
         _load_projection(student.projection, state)
     return student
 
 
-def _projection_mismatch(path: Path, saved: tuple[int, ...], needed: tuple[int, ...]) -> str:
-    return (f"{path} maps {saved[1]} → {saved[0]} dims, this run needs {needed[1]} → {needed[0]} "
-            "(a different student or teacher?)")
+def _projection_mismatch(folder: Path, saved: tuple[int, ...], needed: tuple[int, ...]) -> str:
+    return (f"the projection in {folder} maps {saved[1]} → {saved[0]} dims, this run needs {needed[1]} → "
+            f"{needed[0]} (a different student or teacher?)")
 
 
 def check_projection(init_from: Path, student_dim: int, teacher_dim: int) -> None:
     """Preflight: a stage output's P must map this student's width to this teacher's (read without building models)."""
-    path = init_from / PROJECTION_FILE
-    if path.is_file():
-        saved = tuple(torch.load(path, map_location="cpu", weights_only=True)["weight"].shape)
-        if saved != (teacher_dim, student_dim):
-            raise ValueError(_projection_mismatch(path, saved, (teacher_dim, student_dim)))
+    state = read_projection(init_from)
+    if state is not None and tuple(state["weight"].shape) != (teacher_dim, student_dim):
+        raise ValueError(_projection_mismatch(init_from, tuple(state["weight"].shape), (teacher_dim, student_dim)))
 
 
 def _load_projection(projection: nn.Linear, state: dict[str, torch.Tensor]) -> None:
@@ -125,10 +110,3 @@ def _load_projection(projection: nn.Linear, state: dict[str, torch.Tensor]) -> N
         with torch.no_grad():
             projection.weight.copy_(state["weight"])
             projection.bias.copy_(state["bias"])
-
-
-def read_student_meta(folder: Path) -> dict:
-    meta_file = folder / STUDENT_META
-    if not meta_file.is_file():
-        raise FileNotFoundError(f"{folder} is not a mimo-ds stage output (no {STUDENT_META})")
-    return json.loads(meta_file.read_text())

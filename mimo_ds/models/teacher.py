@@ -1,35 +1,24 @@
 """The frozen English teacher: replicated on every rank, outside any DeepSpeed engine.
 
-It must be loaded BEFORE an `HfDeepSpeedConfig` for ZeRO-3 is alive, otherwise transformers partitions it and its
-shards belong to no engine (DeepSpeed #3175/#3286; anchors.md §8). `train.py` enforces that order and a test checks
-that the teacher's parameters are full-shaped and unchanged after training.
+It must be loaded BEFORE an `HfDeepSpeedConfig` for ZeRO-3 is alive, otherwise transformers partitions it while
+loading and its shards belong to no engine (DeepSpeed issues #3175 and #3286 report the crashes this causes).
+`mimo_ds.trainer.setup` keeps that order, and a test checks that the teacher's parameters are full-shaped and
+unchanged after training.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from torch.nn import functional as F
+from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from mimo_ds.config import TeacherConfig
+from mimo_ds.data.batch import Tokens
+from mimo_ds.models.encoding import encode_tokens, pooled_forward
+from mimo_ds.models.fingerprint import fingerprint_of
 from mimo_ds.models.loading import load_encoder, load_tokenizer, resolve_model_path
-from mimo_ds.models.pooling import pool
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def fingerprint_of(cfg: TeacherConfig, dim: int | None) -> dict[str, object]:
-    """What makes two teachers' embeddings interchangeable, from the config alone: a run that reads a teacher cache
-    checks the cache against it without loading the model (`dim` None: unknown until the model or the cache says)."""
-    return {
-        "path": cfg.path,
-        "pooling": cfg.pooling,
-        "normalize": cfg.normalize,
-        "query_prompt": cfg.query_prompt,
-        "max_length": cfg.max_length,
-        "dim": dim,
-    }
 
 
 def teacher_dtype(requested: str, device: torch.device) -> torch.dtype:
@@ -38,8 +27,19 @@ def teacher_dtype(requested: str, device: torch.device) -> torch.dtype:
     return _DTYPES[requested]
 
 
+def config_width(cfg: TeacherConfig) -> int:
+    """The teacher's embedding size from its config, without loading its weights."""
+    config = AutoConfig.from_pretrained(resolve_model_path(cfg.path), trust_remote_code=cfg.trust_remote_code,
+                                        **(cfg.random_init or {}))
+    return int(config.hidden_size)
+
+
 class Teacher:
-    """Frozen encoder (BERT-like with mean/cls pooling, or decoder-style with left padding + last-token pooling)."""
+    """Frozen encoder (BERT-like with mean/cls pooling, or decoder-style with left padding + last-token pooling).
+
+    It embeds texts as given: the prompt rule (which roles are queries and get `query_prompt`) lives with the
+    objectives' roles (`mimo_ds.objectives.role_texts`), shared by the loader and the teacher cache.
+    """
 
     def __init__(self, cfg: TeacherConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
         self.cfg = cfg
@@ -52,9 +52,9 @@ class Teacher:
         padding_side = cfg.padding_side
         if padding_side == "auto":
             padding_side = "left" if cfg.pooling == "last" else "right"
-        tokenizer = load_tokenizer(cfg.path, padding_side=padding_side)
+        tokenizer = load_tokenizer(cfg.path, padding_side=padding_side, trust_remote_code=cfg.trust_remote_code)
         model = load_encoder(cfg.path, random_init=cfg.random_init, attn_implementation="auto",
-                             dtype=teacher_dtype(cfg.dtype, device))
+                             dtype=teacher_dtype(cfg.dtype, device), trust_remote_code=cfg.trust_remote_code)
         model.to(device).eval().requires_grad_(False)
         return cls(cfg, model, tokenizer)
 
@@ -70,14 +70,11 @@ class Teacher:
         """What makes two teachers' embeddings interchangeable; a teacher cache records and checks it."""
         return fingerprint_of(self.cfg, self.dim)
 
-    def tokenize(self, texts: list[str], is_query: bool) -> dict[str, torch.Tensor]:
-        """The query prompt goes on queries only; stage 1 passes is_query=False (no prompt, mimo-method.md §1.3)."""
-        if is_query and self.cfg.query_prompt:
-            texts = [self.cfg.query_prompt + t for t in texts]
+    def tokenize(self, texts: list[str]) -> Tokens:
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.cfg.max_length, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
-    def encode_tokens(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+    def encode_tokens(self, tokens: Tokens) -> torch.Tensor:
         """Embed pre-tokenised text in mini-batches; fp32 result, L2-normalised when the teacher says so.
 
         The forward runs under inference_mode; the result is cloned outside it so the loss may save it for backward.
@@ -85,27 +82,9 @@ class Teacher:
         return self._forward(tokens).clone()
 
     @torch.inference_mode()
-    def _forward(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = []
-        n = tokens["input_ids"].shape[0]
-        for start in range(0, n, self.cfg.mini_batch):
-            ids = tokens["input_ids"][start : start + self.cfg.mini_batch].to(self.device)
-            mask = tokens["attention_mask"][start : start + self.cfg.mini_batch].to(self.device)
-            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-            out.append(pool(hidden, mask, self.cfg.pooling).float())
-        emb = torch.cat(out)
-        return torch.nn.functional.normalize(emb, dim=-1) if self.cfg.normalize else emb
+    def _forward(self, tokens: Tokens) -> torch.Tensor:
+        emb = encode_tokens(pooled_forward(self.model, self.cfg.pooling), tokens, self.cfg.mini_batch, self.device)
+        return F.normalize(emb, dim=-1) if self.cfg.normalize else emb
 
-    def encode(self, texts: list[str], is_query: bool) -> torch.Tensor:
-        return self.encode_tokens(self.tokenize(texts, is_query))
-
-
-def teacher_width(cfg: TeacherConfig, cache: Path | None = None) -> int:
-    """The teacher's embedding size without loading its weights: from its cache's record, else its config."""
-    if cache is not None:
-        from mimo_ds.data.teacher_cache import read_cache_meta
-
-        return int(read_cache_meta(cache)["fingerprint"]["dim"])
-    from transformers import AutoConfig
-
-    return int(AutoConfig.from_pretrained(resolve_model_path(cfg.path), **(cfg.random_init or {})).hidden_size)
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        return self.encode_tokens(self.tokenize(texts))

@@ -1,19 +1,40 @@
-"""Embedding distillation: pull P·s(x) onto the teacher's embedding of the English side."""
+"""Stage 1, cross-lingual distillation warm-up: the student learns to place a text where the teacher places its
+English side.
+
+    L = mean_i d(P·s(x_i), t(e_i)),   d = 1 − cos (MIMO), or MSE / L2
+
+over parallel pairs (x in language ℓ, e its English side; en→en identity pairs are ordinary pairs), with P the
+projection into the teacher's space. The multilingual knowledge distillation of Reimers & Gurevych (2020, "Making
+Monolingual Sentence Embeddings Multilingual using Knowledge Distillation") with MIMO's cosine distance. The teacher
+sees the English side with no prompt: stage 1 has no queries.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
+
+from mimo_ds.models.embedded import Embedded
+from mimo_ds.objectives.base import LossOutput, Objective, ObjectiveSettings, Role
+from mimo_ds.objectives.terms import distill_loss
+
+Distance = Literal["cosine", "mse", "l2"]
 
 
+class DistillSettings(ObjectiveSettings):
+    kind: Literal["distill"]
+    distance: Distance = "cosine"
 
-def distill_loss(projected: torch.Tensor, target: torch.Tensor, distance: str = "cosine") -> torch.Tensor:
-    """Mean over rows of the chosen distance: cosine (the paper's) `1 − cos`, `mse`, or `l2` (Euclidean norm)."""
-    if projected.shape != target.shape:
-        raise ValueError(f"projected {tuple(projected.shape)} and teacher {tuple(target.shape)} shapes differ")
-    target = target.to(projected.dtype)
-    if distance == "cosine":
-        return (1.0 - F.cosine_similarity(projected, target, dim=-1)).mean()
-    if distance == "mse":
-        return F.mse_loss(projected, target)
-    if distance == "l2":
-        return (projected - target).norm(dim=-1).mean()
-    raise ValueError(f"unknown distance '{distance}' (expected cosine, mse or l2)")
+
+class Distill(Objective):
+    kind = "distill"
+    stage = 1
+    shards = "pairs"
+    Settings = DistillSettings
+    student_roles = (Role("student", "text"),)
+    teacher_roles = (Role("teacher", "en"),)
+
+    def __call__(self, student: dict[str, Embedded], teacher: dict[str, torch.Tensor]) -> LossOutput:
+        loss = distill_loss(student["student"].proj, teacher["teacher"], self.settings.distance)
+        return LossOutput(loss, {"distill": loss.detach()})
