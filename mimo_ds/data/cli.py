@@ -101,6 +101,50 @@ def _run(args: argparse.Namespace) -> int:
         id_prefix=prefix or "gettext", **common))
 
 
+def _verify(args: argparse.Namespace) -> int:
+    """`mimo-ds shards verify DIR`: 0 when every shard is as the index says, 1 when any is not, 2 for no index."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from mimo_ds.data.verify import report_json, verify_folder
+
+    console = Console()
+    try:
+        index, reports = verify_folder(args.folder, args.mode, args.workers, progress=True)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    table = Table(title=f"{index.folder} ({index.kind}, {len(reports)} shards, mode {args.mode})")
+    for column in ("shard", "records", "bytes", "status"):
+        table.add_column(column, justify="right" if column in ("records", "bytes") else "left")
+    for r in reports:
+        if r.ok and args.problems:
+            continue
+        records = f"{'—' if r.records is None else f'{r.records:,}'}/{r.expected:,}"
+        size = f"{r.size:,}" if r.size is not None else "—"
+        table.add_row(r.name, records, size, r.status if r.ok else f"[red]{r.status}[/red]")
+    console.print(table)
+    bad = [r for r in reports if not r.ok]
+    console.print(f"{len(reports) - len(bad)} of {len(reports)} shards ok" +
+                  (f"; [red]{len(bad)} with problems[/red]: {', '.join(r.name for r in bad)}" if bad else ""))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report_json(index, reports, args.mode), indent=1) + "\n", encoding="utf-8")
+    return 1 if bad else 0
+
+
+def _register_verify(formats: argparse._SubParsersAction) -> None:
+    from mimo_ds.data.verify import MODES
+
+    p = formats.add_parser("verify", help="check a shard folder against its index.json (sizes, sha256, records)")
+    p.add_argument("folder", type=Path, help="a folder written by `mimo-ds shards`")
+    p.add_argument("--mode", choices=MODES, default="records",
+                   help="size: sizes only; full: and sha256; records (default): and every record")
+    p.add_argument("--workers", type=int, default=None, help="processes in parallel (default: one per CPU)")
+    p.add_argument("--problems", action="store_true", help="list only the shards with problems")
+    p.add_argument("--json", type=Path, help="also write the report as JSON here")
+    p.set_defaults(func=_verify)
+
+
 def _teacher_cache(args: argparse.Namespace) -> int:
     """Read the teacher and data.train from the run config itself, so the cache is made by exactly the teacher the
     run will check it against; seeded like the trainer, so a random-init (tiny) teacher is the trainer's one."""
@@ -143,7 +187,8 @@ def _register_teacher_cache(subparsers: argparse._SubParsersAction) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     _register_teacher_cache(subparsers)
-    shards = subparsers.add_parser("shards", help="convert a parallel corpus to WebDataset shards + index.json")
+    shards = subparsers.add_parser("shards", help="convert a parallel corpus to WebDataset shards + index.json, or "
+                                                  "verify a shard folder")
     formats = shards.add_subparsers(dest="format", required=True)
 
     p = formats.add_parser("parallel-sentences", help="sentence-transformers/parallel-sentences TSV.gz → pairs")
@@ -181,3 +226,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-heldout", action="store_true", help="keep the evaluation split (default: skip it)")
     p.set_defaults(shard_size=200)
     shards.set_defaults(func=_run)
+    _register_verify(formats)

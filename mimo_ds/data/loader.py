@@ -21,38 +21,53 @@ queries), each role's texts built by `role_texts`. With a teacher cache (`mimo_d
 roles are looked up by write position instead of tokenised, each lookup checked against the sample id and the exact
 teacher text the cache encoded.
 
-A record that cannot be used is skipped and counted by reason (`mimo_ds.data.records`); when a slot is short of
-records because of them, it borrows the records after its range (counted as `borrowed`), so the batch count holds.
+A record that cannot be used is skipped and counted by shard and reason (`mimo_ds.data.records`); when a slot is
+short of records because of them, it borrows the records after its range (counted as `borrowed`), so the batch count
+holds. A shard whose size or sha256 differs from the index's is not read (its records count as `size_mismatch` /
+`hash_mismatch`). The bad-record ceiling (`mimo_ds.data.ceiling`) judges each slot after every shard and each rank
+after every batch; past it the loader raises `DataCeilingExceeded` from the main process with one line naming the
+shards and reasons (a worker hands its verdict over as data, so no traceback wraps the message).
 """
 
 from __future__ import annotations
 
 import os
 import random
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from mimo_ds.data.ceiling import BORROWED, GOOD, NOT_BAD, Ceiling, ShardCounts, bad_only, describe_shards, merge
 from mimo_ds.data.records import (
-    KEY_MISMATCH,
     MISSING_SHARD,
     TRUNCATED_SHARD,
     UNINDEXED,
     BadRecord,
-    check_record,
+    DataCeilingExceeded,
+    check_member,
 )
 from mimo_ds.data.batch import Batch, Tokens
-from mimo_ds.data.shards import ShardIndex, ShardInfo, ShardReadError, iter_shard, read_index
+from mimo_ds.data.shards import ShardIndex, ShardInfo, ShardReadError, check_shard_file, iter_shard, read_index
 from mimo_ds.data.teacher_cache import TeacherCache, check_cache, teacher_texts
 from mimo_ds.objectives import objective_class, role_texts
 
-STATE_VERSION = 1
-GOOD = "good"
-BORROWED = "borrowed"
+# 2: bad-record counts per shard (1 kept them per reason; a version-1 state still loads, see load_state_dict).
+STATE_VERSION = 2
+EARLIER_EPOCHS = "(earlier epochs)"
+
+
+class _Delivery(NamedTuple):
+    """What a worker hands the main process: a batch (None once it failed), its slot role, the slot's per-shard
+    counts so far, and the ceiling's verdict when the slot went past it."""
+
+    batch: Batch | None
+    role: int
+    counts: dict[str, dict[str, int]]
+    failure: str | None = None
 
 
 @dataclass
@@ -63,7 +78,7 @@ class LoaderSpec:
     `languages` None means every language of the index (for rows: the languages every row holds).
     `objective` is a registered objective kind; `student_prompts` is the student's (query prompt, passage prompt),
     `teacher_query_prompt` the teacher's query prompt (teacher roles marked as queries get it).
-    `max_bad_fraction` is the ceiling on bad records among those a worker has read, checked after every shard.
+    `max_bad_fraction` is the ceiling on bad records, judged against the records the epoch plans (docs/data.md).
     `teacher_cache` (a `mimo-ds teacher-cache` folder for these shards) replaces the teacher tokens by cached
     embeddings (`Batch.teacher_embeddings`); then no teacher tokenizer is needed.
     """
@@ -131,7 +146,7 @@ def _shuffled(items: Iterable[Any], size: int, rng: random.Random) -> Iterator[A
 class _SlotStreams(IterableDataset):
     """The per-worker side: reads a slot's records, counts the bad ones, batches and tokenises.
 
-    Yields (batch, role, counts) so the main process can gather every worker's counts without a side channel.
+    Yields `_Delivery` items so the main process gathers every worker's counts (and verdict) without a side channel.
     """
 
     def __init__(self, spec: LoaderSpec, index: ShardIndex, languages: tuple[str, ...], rank: int, world: int):
@@ -158,6 +173,7 @@ class _SlotStreams(IterableDataset):
         self.epoch = 0
         self.skip = 0
         self.batches_per_rank = 0
+        self._slot_ceiling = self.ceiling("a slot")  # the worker's own, set when it starts
 
     # -- the epoch plan ------------------------------------------------------------------------------------------------
     def shard_order(self, epoch: int) -> list[int]:
@@ -178,9 +194,7 @@ class _SlotStreams(IterableDataset):
         """(eligible, bad): whether the member takes an ordinal, and why it cannot be used (None: usable)."""
         if bad is None:
             known = self.index.languages if self.kind == "pairs" else self.languages
-            bad = check_record(record, self.kind, known)
-            if bad is None and record["id"] != key:
-                bad = BadRecord(KEY_MISMATCH, f"id {record['id']!r} under key {key!r}")
+            bad = check_member(key, record, self.kind, known)
         if not self.subset:
             return True, bad
         # A pair in an unselected language takes no ordinal; an unreadable one neither (its language is unknown).
@@ -188,16 +202,21 @@ class _SlotStreams(IterableDataset):
         return lang in self.select, bad
 
     def _read_shard(
-        self, shard: ShardInfo, base: int, n: int, lo: int, hi: int, counts: Counter[str]
+        self, shard: ShardInfo, base: int, n: int, lo: int, hi: int, counts: ShardCounts
     ) -> Iterator[tuple[int, int, dict[str, Any] | None]]:
         """(ordinal, write position, record or None when bad) for each eligible member of `shard`.
 
         `base` is the shard's first ordinal and `n` its eligible count from the index. Bad records are counted when
         this slot ([lo, hi)) owns them, so that each is counted once over all slots: an eligible one by the slot
         holding its ordinal; one taking no ordinal by the slot holding the ordinal before it (slot 0 for none);
-        records lost to a broken, short or missing shard by the slots holding their ordinals.
+        records lost to a broken, short, missing or altered shard by the slots holding their ordinals.
         """
+        tally = counts[shard.name]
         c = base
+        if (altered := check_shard_file(self.index.path(shard), shard, full=True)) is not None:
+            if (owned := min(hi, base + n) - max(lo, c)) > 0:
+                tally[altered.reason] += owned
+            return
         try:
             for member in iter_shard(self.index.path(shard)):
                 eligible, bad = self._judge(member.key, member.record, member.bad)
@@ -205,29 +224,29 @@ class _SlotStreams(IterableDataset):
                     eligible, bad = False, BadRecord(UNINDEXED, f"{shard.name} holds more records than its index")
                 if eligible:
                     if bad is not None and lo <= c < hi:
-                        counts[bad.reason] += 1
+                        tally[bad.reason] += 1
                     yield c, shard.start + member.ordinal, (None if bad else member.record)
                     c += 1
                 elif bad is not None and (lo < c <= hi or lo == c == 0):
-                    counts[bad.reason] += 1
+                    tally[bad.reason] += 1
         except ShardReadError as exc:
             lost = MISSING_SHARD if isinstance(exc.cause, FileNotFoundError) else TRUNCATED_SHARD
         else:
             lost = TRUNCATED_SHARD
         if (owned := min(hi, base + n) - max(lo, c)) > 0:
-            counts[lost] += owned
+            tally[lost] += owned
 
-    def _check_ceiling(self, counts: Counter[str], shard: ShardInfo) -> None:
-        bad = sum(v for k, v in counts.items() if k not in (GOOD, BORROWED))
-        seen = bad + counts[GOOD]
-        if bad and bad > self.spec.max_bad_fraction * seen:
-            reasons = ", ".join(f"{k}={v}" for k, v in sorted(counts.items()) if k not in (GOOD, BORROWED))
-            raise RuntimeError(
-                f"bad records {bad}/{seen} ({bad / seen:.2%}) exceed max_bad_fraction "
-                f"{self.spec.max_bad_fraction:.2%} after reading {self.index.path(shard)} ({reasons})"
-            )
+    def planned(self, batches_per_rank: int) -> int:
+        """Records the epoch plans over all ranks: every selected record, or (resampled) the batches' records."""
+        if self.spec.resampled:
+            return batches_per_rank * self.spec.batch_size * self.world
+        return self.total
 
-    def _range_records(self, order: list[int], lo: int, hi: int, counts: Counter[str]) -> Iterator[tuple[int, dict]]:
+    def ceiling(self, where: str) -> Ceiling:
+        return Ceiling(self.spec.max_bad_fraction, self.planned(self.batches_per_rank), self.epoch,
+                       f"{where} of {self.index.folder}", {s.name: s.count for s in self.index.shards})
+
+    def _range_records(self, order: list[int], lo: int, hi: int, counts: ShardCounts) -> Iterator[tuple[int, dict]]:
         """The good records with ordinals in [lo, hi), in epoch order; reads on to the next eligible record after
         them so the bad records in between are counted."""
         start = 0
@@ -242,14 +261,14 @@ class _SlotStreams(IterableDataset):
                     done = True
                     break
                 if record is not None and c >= lo:
-                    counts[GOOD] += 1
+                    counts[shard.name][GOOD] += 1
                     yield pos, record
-            self._check_ceiling(counts, shard)
+            self._slot_ceiling.check(counts)
             if done:
                 return
             start += n
 
-    def _borrowed_records(self, order: list[int], after: int, counts: Counter[str]) -> Iterator[tuple[int, dict]]:
+    def _borrowed_records(self, order: list[int], after: int, counts: ShardCounts) -> Iterator[tuple[int, dict]]:
         """Good records from ordinal `after` on, cycling through the epoch: only read when bad records left a slot
         short. Their bad records are other slots' to count."""
         while True:
@@ -258,17 +277,18 @@ class _SlotStreams(IterableDataset):
             for i in order:
                 shard, n = self.index.shards[i], self.eligible[i]
                 if start + n > after:
-                    for c, pos, record in self._read_shard(shard, start, n, 0, 0, Counter()):
+                    for c, pos, record in self._read_shard(shard, start, n, 0, 0, defaultdict(Counter)):
                         if record is not None and c >= after:
                             found = True
-                            counts[BORROWED] += 1
+                            counts[shard.name][BORROWED] += 1
                             yield pos, record
                 start += n
             if not found and after == 0:
-                raise RuntimeError(f"no readable record left in {self.index.folder} to fill a batch")
+                raise DataCeilingExceeded(f"no readable record left in {self.index.folder} to fill a batch; "
+                                          f"{self._slot_ceiling.where} read bad shards: {describe_shards(counts)}")
             after = 0
 
-    def _resampled_records(self, slot: int, counts: Counter[str]) -> Iterator[tuple[int, dict]]:
+    def _resampled_records(self, slot: int, counts: ShardCounts) -> Iterator[tuple[int, dict]]:
         rng = random.Random(f"{self.spec.seed}/{self.epoch}/{slot}/resample")
         shards = list(range(len(self.index.shards)))
         idle = 0
@@ -279,14 +299,15 @@ class _SlotStreams(IterableDataset):
             for _, pos, record in self._read_shard(shard, 0, self.eligible[i], 0, self.total + 1, counts):
                 if record is not None:
                     found = True
-                    counts[GOOD] += 1
+                    counts[shard.name][GOOD] += 1
                     yield pos, record
-            self._check_ceiling(counts, shard)
+            self._slot_ceiling.check(counts)
             idle = 0 if found else idle + 1
             if idle > 4 * len(shards):
-                raise RuntimeError(f"{idle} shards drawn from {self.index.folder} in a row held no readable record")
+                raise DataCeilingExceeded(f"{idle} shards drawn from {self.index.folder} in a row held no readable "
+                                          f"record: {describe_shards(counts)}")
 
-    def slot_records(self, slot: int, counts: Counter[str]) -> Iterator[tuple[int, dict]]:
+    def slot_records(self, slot: int, counts: ShardCounts) -> Iterator[tuple[int, dict]]:
         rng = random.Random(f"{self.spec.seed}/{self.epoch}/{slot}/samples")
         if self.spec.resampled:
             yield from _shuffled(self._resampled_records(slot, counts), self.spec.shuffle_buffer, rng)
@@ -329,7 +350,7 @@ class _SlotStreams(IterableDataset):
             batch.teacher_embeddings = self._cache.take([pos for pos, _ in chunk], batch.ids, teacher)
         return batch
 
-    def __iter__(self) -> Iterator[tuple[Batch, int, dict[str, int]]]:
+    def __iter__(self) -> Iterator[_Delivery]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
         if info is not None and info.num_workers != self.workers:
@@ -338,13 +359,23 @@ class _SlotStreams(IterableDataset):
         slot = self.rank * self.workers + role
         mine = len(range(role, self.batches_per_rank, self.workers))
         skip = len(range(role, self.skip, self.workers))
-        counts: Counter[str] = Counter()
+        counts: ShardCounts = defaultdict(Counter)
+        self._slot_ceiling = self.ceiling(f"rank {self.rank} slot {slot}")
         records = self.slot_records(slot, counts)
         for b in range(mine):
-            chunk = list(islice(records, self.spec.batch_size))
+            try:
+                chunk = list(islice(records, self.spec.batch_size))
+            except DataCeilingExceeded as exc:
+                yield _Delivery(None, role, _plain(counts), str(exc))
+                return
             if b < skip:
                 continue
-            yield self.collate(chunk), role, dict(counts)
+            yield _Delivery(self.collate(chunk), role, _plain(counts))
+
+
+def _plain(counts: ShardCounts) -> dict[str, dict[str, int]]:
+    """Counts as plain dicts: what crosses from a worker, and what a state holds."""
+    return {shard: dict(c) for shard, c in counts.items()}
 
 
 class TrainLoader:
@@ -360,8 +391,8 @@ class TrainLoader:
         self._streams = streams
         self.epoch = 0
         self.batches_done = 0
-        self._past_counts: Counter[str] = Counter()
-        self._worker_counts: dict[int, dict[str, int]] = {}
+        self._past_counts: ShardCounts = {}  # epochs done, per shard
+        self._worker_counts: dict[int, dict[str, dict[str, int]]] = {}  # this epoch, per slot role, per shard
 
     @property
     def languages(self) -> tuple[str, ...]:
@@ -390,31 +421,47 @@ class TrainLoader:
                 # an epoch (or a resumed run) would shift the dropout masks of every later step.
                 generator=torch.Generator().manual_seed(self.spec.seed),
             )
-        for batch, role, counts in source:
-            self._worker_counts[role] = counts
+        ceiling = streams.ceiling(f"rank {streams.rank}")
+        for delivery in source:
+            self._worker_counts[delivery.role] = delivery.counts
+            if delivery.failure is not None:
+                raise DataCeilingExceeded(delivery.failure)
+            ceiling.check(self._current_counts())
             self.batches_done += 1
-            yield batch
+            yield delivery.batch
         if self.batches_done != len(self):
             raise RuntimeError(f"epoch {self.epoch} ended after {self.batches_done} of {len(self)} batches")
-        self._past_counts.update(self._current_counts())
+        merge(self._past_counts, self._current_counts())
         self._worker_counts = {}
         self.epoch += 1
         self.batches_done = 0
 
-    def _current_counts(self) -> Counter[str]:
-        total: Counter[str] = Counter()
+    def _current_counts(self) -> ShardCounts:
+        total: ShardCounts = {}
         for counts in self._worker_counts.values():
-            total.update(counts)
+            merge(total, counts)
         return total
+
+    def _all_counts(self) -> ShardCounts:
+        return merge(merge({}, _plain(self._past_counts)), _plain(self._current_counts()))
+
+    def bad_records(self) -> dict[str, dict[str, int]]:
+        """Bad records skipped on this rank since the run began (resumed runs included): shard → reason → count.
+        Records read ahead of the batches handed out are included."""
+        return bad_only(self._all_counts())
 
     def bad_counts(self) -> dict[str, int]:
         """Bad records skipped on this rank since the run began, by reason (records read ahead included)."""
-        total = self._past_counts + self._current_counts()
-        return {k: v for k, v in sorted(total.items()) if k not in (GOOD, BORROWED)}
+        total: Counter[str] = Counter()
+        for reasons in self.bad_records().values():
+            total.update(reasons)
+        return dict(sorted(total.items()))
 
     def read_counts(self) -> dict[str, int]:
         """Good records read on this rank since the run began, and how many were borrowed to fill short slots."""
-        total = self._past_counts + self._current_counts()
+        total: Counter[str] = Counter()
+        for counts in self._all_counts().values():
+            total.update({k: v for k, v in counts.items() if k in NOT_BAD})
         return {GOOD: total[GOOD], BORROWED: total[BORROWED]}
 
     def _identity(self) -> dict[str, Any]:
@@ -440,13 +487,13 @@ class TrainLoader:
             "epoch": self.epoch,
             "batches_done": self.batches_done,
             "identity": self._identity(),
-            "counts": dict(self._past_counts),
+            "counts": _plain(self._past_counts),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue where `state` stood; refuses (naming what differs) when that cannot be exact."""
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"loader state version {state.get('version')!r} is not {STATE_VERSION}")
+        if state.get("version") not in (1, STATE_VERSION):
+            raise ValueError(f"loader state version {state.get('version')!r} is not 1 or {STATE_VERSION}")
         saved, now = state["identity"], self._identity()
         diffs = [f"{k}: saved {saved.get(k)!r}, now {v!r}" for k, v in now.items() if saved.get(k) != v]
         if diffs:
@@ -458,7 +505,10 @@ class TrainLoader:
             raise ValueError(f"saved batches_done {state['batches_done']} is outside 0..{len(self)}")
         self.epoch = int(state["epoch"])
         self.batches_done = int(state["batches_done"])
-        self._past_counts = Counter(state.get("counts") or {})
+        counts = state.get("counts") or {}
+        if state["version"] == 1:  # reason → count, kept before counts were per shard
+            counts = {EARLIER_EPOCHS: counts} if counts else {}
+        self._past_counts = merge({}, counts)
         self._worker_counts = {}
 
 
@@ -482,7 +532,7 @@ def build_train_loader(spec: LoaderSpec) -> TrainLoader:
         raise ValueError(f"max_bad_fraction must be in [0, 1], got {spec.max_bad_fraction}")
     if spec.resampled and not spec.steps_per_epoch:
         raise ValueError("resampled mode needs steps_per_epoch (the fixed number of batches per epoch per rank)")
-    index = read_index(spec.shards)
+    index = read_index(spec.shards, require_files=False)
     if index.kind != objective.shards:
         raise ValueError(f"objective {spec.objective!r} needs {objective.shards} shards; {index.folder} holds {index.kind}")
     available = index.languages if index.kind == "pairs" else index.row_languages

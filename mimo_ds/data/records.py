@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Collection, Literal
 
+from mimo_ds.errors import RunError
+
 Kind = Literal["pairs", "rows"]
 KINDS: tuple[str, ...] = ("pairs", "rows")
 
@@ -29,6 +31,19 @@ MISSING_MEMBER = "missing_member"
 TRUNCATED_SHARD = "truncated_shard"
 MISSING_SHARD = "missing_shard"
 UNINDEXED = "unindexed_record"
+# A shard whose file differs from what the index recorded when it was written: its records are not used.
+SIZE_MISMATCH = "size_mismatch"
+HASH_MISMATCH = "hash_mismatch"
+
+
+class DataCeilingExceeded(RunError):
+    """The bad records read so far exceed `max_bad_fraction` (docs/data.md, "The bad-record ceiling").
+
+    The message is one line naming the shards and reasons so far. Only the rank that read them knows them, so it is
+    the one to speak (`local`). Constructible from the message alone, as PyTorch's worker re-raise requires.
+    """
+
+    local = True
 
 
 @dataclass(frozen=True)
@@ -115,6 +130,15 @@ def check_record(record: Any, kind: Kind, languages: Collection[str] | None = No
     if kind == "rows":
         return check_row(record, languages)
     raise ValueError(f"unknown shard kind {kind!r}; expected one of {KINDS}")
+
+
+def check_member(key: str, record: Any, kind: Kind, languages: Collection[str] | None = None) -> BadRecord | None:
+    """`check_record`, and the record's id must be the key it is stored under (the schedules count on it)."""
+    if bad := check_record(record, kind, languages):
+        return bad
+    if record["id"] != key:
+        return BadRecord(KEY_MISMATCH, f"id {record['id']!r} under key {key!r}")
+    return None
 
 
 def decode_record(data: bytes) -> tuple[dict[str, Any] | None, BadRecord | None]:

@@ -12,16 +12,20 @@ import json
 import os
 import tarfile
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator
 
 import webdataset as wds
 
 from mimo_ds.data.jsonfile import read_versioned_json
 from mimo_ds.data.records import (
+    HASH_MISMATCH,
     KINDS,
     MISSING_MEMBER,
+    MISSING_SHARD,
+    SIZE_MISMATCH,
     BadRecord,
     Kind,
     check_record,
@@ -31,18 +35,35 @@ from mimo_ds.data.records import (
 )
 
 INDEX_NAME = "index.json"
+# Format 1 gained `size` and `sha256` per shard without a bump: they are optional, so an index written before them
+# still reads (its shards are then checked by count only; `mimo-ds shards verify` says "no checksum recorded").
 INDEX_FORMAT = 1
 MEMBER = "json"
+_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
 class ShardInfo:
-    """One shard as the index lists it; `start` is the write position of its first record in the whole folder."""
+    """One shard as the index lists it; `start` is the write position of its first record in the whole folder.
+
+    `size` (bytes) and `sha256` (hex) are what the writer recorded; None in an index written before they existed.
+    """
 
     name: str
     count: int
     start: int
     lang_counts: dict[str, int]
+    size: int | None = None
+    sha256: str | None = None
+
+
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB chunks (memory stays flat whatever the shard size)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -113,7 +134,9 @@ def write_shards(
         nonlocal writer
         if writer is not None:
             writer.close()
-            shards.append({"name": f"{prefix}-{len(shards):06d}.tar", "count": count, "lang_counts": dict(lang_counts)})
+            path = out / f"{prefix}-{len(shards):06d}.tar"
+            shards.append({"name": path.name, "count": count, "lang_counts": dict(lang_counts),
+                           "size": path.stat().st_size, "sha256": file_sha256(path)})
             writer = None
 
     try:
@@ -161,8 +184,22 @@ def write_shards(
     return path
 
 
-def read_index(folder: str | os.PathLike[str]) -> ShardIndex:
-    """Read and check `folder/index.json` (the shards must exist); errors name the folder and the problem."""
+def _checksum(entry: dict[str, Any], path: Path, i: int) -> tuple[int | None, str | None]:
+    size, sha256 = entry.get("size"), entry.get("sha256")
+    if size is not None and (not isinstance(size, int) or size < 0):
+        raise ValueError(f"{path}: shard entry {i} has size {size!r}, not a byte count")
+    if sha256 is not None and (not isinstance(sha256, str) or len(sha256) != 64):
+        raise ValueError(f"{path}: shard entry {i} has sha256 {sha256!r}, not 64 hex digits")
+    return size, sha256
+
+
+def read_index(folder: str | os.PathLike[str], require_files: bool = True) -> ShardIndex:
+    """Read and check `folder/index.json`; errors name the folder and the problem.
+
+    With `require_files` every listed shard must exist. The training loader reads with it off: a shard missing at
+    read time is counted (`missing_shard`) against the bad-record ceiling rather than refused up front, which is
+    preflight's job (`mimo_ds.data.verify.check_shards`).
+    """
     folder = Path(folder)
     path = folder / INDEX_NAME
     raw = read_versioned_json(path, INDEX_FORMAT, f"is {folder} a shard folder written by `mimo-ds shards`?")
@@ -175,9 +212,10 @@ def read_index(folder: str | os.PathLike[str]) -> ShardIndex:
             name, count = str(entry["name"]), int(entry["count"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: shard entry {i} needs a name and a count: {entry!r}") from exc
-        if not (folder / name).is_file():
+        if require_files and not (folder / name).is_file():
             raise FileNotFoundError(f"{path} lists {name}, which is missing from {folder}")
-        shards.append(ShardInfo(name, count, start, {k: int(v) for k, v in (entry.get("lang_counts") or {}).items()}))
+        lang_counts = {k: int(v) for k, v in (entry.get("lang_counts") or {}).items()}
+        shards.append(ShardInfo(name, count, start, lang_counts, *_checksum(entry, path, i)))
         start += count
     if not shards:
         raise ValueError(f"{path} lists no shards")
@@ -191,6 +229,20 @@ def read_index(folder: str | os.PathLike[str]) -> ShardIndex:
         filter_report=raw.get("filter_report") or {},
         raw=raw,
     )
+
+
+def check_shard_file(path: Path, shard: ShardInfo, full: bool) -> BadRecord | None:
+    """Why the file at `path` is not the shard the index recorded (missing, another size, with `full` another sha256),
+    or None. A checksum the index does not hold is not checked."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return BadRecord(MISSING_SHARD, f"{path} is missing")
+    if shard.size is not None and size != shard.size:
+        return BadRecord(SIZE_MISMATCH, f"{path} has {size:,} bytes, the index recorded {shard.size:,}")
+    if full and shard.sha256 is not None and (digest := file_sha256(path)) != shard.sha256:
+        return BadRecord(HASH_MISMATCH, f"{path} has sha256 {digest[:12]}…, the index recorded {shard.sha256[:12]}…")
+    return None
 
 
 @dataclass
@@ -211,8 +263,9 @@ class ShardReadError(Exception):
         self.path, self.read, self.cause = path, read, cause
 
 
-def iter_shard(path: Path) -> Iterator[ShardMember]:
-    """The samples of one shard in order, decoded but not validated against a kind.
+def iter_shard(path: Path, stream: BinaryIO | None = None) -> Iterator[ShardMember]:
+    """The samples of one shard in order, decoded but not validated against a kind; read from `stream` when given
+    (`path` then only names it), else from the file.
 
     A broken tar stream raises `ShardReadError` after the samples before the break, so the caller can count what was
     lost against the index. Grouping and member parsing are webdataset's, so a shard that webdataset itself reads is
@@ -220,8 +273,8 @@ def iter_shard(path: Path) -> Iterator[ShardMember]:
     """
     read = 0
     try:
-        with open(path, "rb") as stream:
-            members = ({**m, "__url__": str(path)} for m in wds.tariterators.tar_file_iterator(stream))
+        with (nullcontext(stream) if stream is not None else open(path, "rb")) as source:
+            members = ({**m, "__url__": str(path)} for m in wds.tariterators.tar_file_iterator(source))
             for sample in wds.tariterators.group_by_keys(members):
                 key = sample["__key__"]
                 data = sample.get(MEMBER)
