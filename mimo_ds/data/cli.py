@@ -17,10 +17,19 @@ def _languages(text: str) -> list[str]:
     return [code.strip() for code in text.split(",") if code.strip()]
 
 
+def _language_codes(text: str) -> list[str]:
+    from mimo_ds.data.sources import is_language_code
+
+    codes = _languages(text)
+    if bad := [code for code in codes if not is_language_code(code)]:
+        raise argparse.ArgumentTypeError(f"not language codes (such as de, pt_BR, zh-Hans): {', '.join(bad)}")
+    return codes
+
+
 def _common(p: argparse.ArgumentParser, languages_required: bool = False, heldout_flag: bool = True) -> None:
     p.add_argument("--out", required=True, type=Path, help="a fresh folder for the shards and index.json")
     p.add_argument("--shard-size", type=int, default=10_000, help="records per shard (many small shards stream best)")
-    p.add_argument("--languages", type=_languages, required=languages_required, help="comma-separated codes")
+    p.add_argument("--languages", type=_language_codes, required=languages_required, help="comma-separated codes")
     if heldout_flag:
         p.add_argument("--exclude-heldout", action="store_true", help="skip texts of the evaluation split (splits.py)")
     p.add_argument("--seed", type=int, default=42, help="shuffle seed for the written order")
@@ -60,6 +69,7 @@ def _catalogue_paths(spec: str) -> tuple[str, list[Path]]:
     lang, sep, path = spec.partition("=")
     if not sep or not lang:
         raise argparse.ArgumentTypeError(f"--catalogue wants LANG=PATH, got {spec!r}")
+    _language_codes(lang)
     root = Path(path)
     paths = sorted(root.rglob("*.po")) + sorted(root.rglob("*.mo")) if root.is_dir() else [root]
     if not paths or not all(p.is_file() for p in paths):

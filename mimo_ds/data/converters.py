@@ -55,12 +55,13 @@ def convert_jsonl(
     languages: Sequence[str] | None = None, filters: Stage1Filters | None = None, shard_size: int = 10_000,
     id_prefix: str = "jsonl", lang: str | None = None, exclude_heldout: bool = False, seed: int | None = 42,
 ) -> Path:
-    """JSONL → pairs (`lang`, `text`, `en` per line; `lang` may be fixed) or rows (`query`, `passage`, opt. `id`)."""
+    """JSONL (plain, .gz, .bz2 or .xz) → pairs (`lang`, `text`, `en` per line; `lang` may be fixed; with `languages`,
+    pairs in other languages are counted `unknown_language`) or rows (`query`, `passage`, opt. `id`)."""
     report = FilterReport()
     if kind == "pairs":
         filters = filters or Stage1Filters(exclude_heldout=exclude_heldout, seed=seed)
-        return _write_pairs(read_jsonl_pairs(path, report, lang=lang), report, out_dir, filters, shard_size,
-                            id_prefix, f"jsonl:{Path(path).name}")
+        pairs = read_jsonl_pairs(path, report, lang=lang, languages=languages)
+        return _write_pairs(pairs, report, out_dir, filters, shard_size, id_prefix, f"jsonl:{Path(path).name}")
     rows = _rows_from_objects(read_jsonl_rows(path, report), str(path), report)
     return _write_rows(rows, _row_languages(languages, path), report, out_dir, shard_size, id_prefix,
                        f"jsonl:{Path(path).name}", exclude_heldout, seed)
@@ -77,7 +78,8 @@ def convert_hf_disk(
     source = f"hf-disk:{Path(path).name}"
     if kind == "pairs":
         filters = filters or Stage1Filters(exclude_heldout=exclude_heldout, seed=seed)
-        pairs = pairs_from_objects(read_hf_disk(path, split), str(path), report, lang=lang, fields=fields)
+        pairs = pairs_from_objects(read_hf_disk(path, split), str(path), report, lang=lang, fields=fields,
+                                   languages=languages)
         return _write_pairs(pairs, report, out_dir, filters, shard_size, id_prefix, source)
     rows = _rows_from_objects(read_hf_disk(path, split), str(path), report)
     return _write_rows(rows, _row_languages(languages, path), report, out_dir, shard_size, id_prefix, source,

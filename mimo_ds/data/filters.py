@@ -1,5 +1,7 @@
 """Stage-1 pair filters from the paper (prepare_stage1_parallel.py), each configurable, with a report of every drop.
 
+Before any filter, a pair or row with a control character in a text (NUL and the other C0 controls but tab, line
+feed and carriage return; DEL) is dropped as `control_characters`: such bytes are damage, not language.
 Order of the checks for a pair (x in ℓ, e in English), in corpus order: held-out English → both sides within
 [min_chars, max_chars] → length ratio ≤ max_ratio → English already kept (first-seen dedup: "global" over all
 languages as in the paper, "per_language" for corpora such as gettext catalogues where every language translates
@@ -12,6 +14,7 @@ in that order, so id order = write order (what the language schedules count posi
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, NamedTuple
@@ -24,7 +27,13 @@ TOO_LONG = "too_long"
 LENGTH_RATIO = "length_ratio"
 DUPLICATE_ENGLISH = "duplicate_english"
 LANGUAGE_CAP = "language_cap"
+CONTROL_CHARACTERS = "control_characters"
 DEDUP_MODES = ("global", "per_language", "off")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def has_control_characters(*texts: str) -> bool:
+    return any(_CONTROL.search(text) for text in texts)
 
 
 class RawPair(NamedTuple):
@@ -104,6 +113,9 @@ def filter_pairs(
     identity_seen: set[str] = set()
     for pair in pairs:
         lang, en, text = pair.lang, pair.en.strip(), pair.text.strip()
+        if has_control_characters(en, text):
+            report.drop(lang, CONTROL_CHARACTERS)
+            continue
         if filters.exclude_heldout and is_heldout(en):
             report.drop(lang, HELDOUT)
             continue
@@ -173,6 +185,8 @@ def filter_rows(
         reason = None
         if not all(_has_text(row.query, l) and _has_text(row.passage, l) for l in langs):
             reason = "missing_or_empty_text"
+        elif has_control_characters(*(row.query[l] for l in langs), *(row.passage[l] for l in langs)):
+            reason = CONTROL_CHARACTERS
         elif exclude_heldout and is_heldout(row.passage["en"]):
             reason = HELDOUT
         rid = f"{id_prefix}-{_safe_key(row.key)}"

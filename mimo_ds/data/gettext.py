@@ -12,6 +12,7 @@ differs.
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -53,13 +54,41 @@ def django_catalogues(lang: str) -> list[Path]:
     return found
 
 
+def mo_is_whole(path: Path) -> bool:
+    """Whether every string a .mo file's tables point to lies inside the file. polib reads a truncated .mo without
+    complaint, as cut msgids and empty translations."""
+    data = path.read_bytes()
+    for order in ("<", ">"):
+        if len(data) >= 20 and struct.unpack(order + "I", data[:4])[0] == 0x950412DE:
+            count, originals, translations = struct.unpack(order + "3I", data[8:20])
+            break
+    else:
+        return False
+    for table in (originals, translations):
+        if table + 8 * count > len(data):
+            return False
+        for i in range(count):
+            length, offset = struct.unpack(order + "2I", data[table + 8 * i: table + 8 * i + 8])
+            if offset + length > len(data):
+                return False
+    return True
+
+
 def catalogue_entries(path: str | os.PathLike[str], lang: str, report: FilterReport) -> Iterator[tuple[str, str]]:
-    """(msgid, msgstr) for each usable entry of a .po or .mo file; skipped entries are counted under `lang`."""
+    """(msgid, msgstr) for each usable entry of a .po or .mo file; skipped entries are counted under `lang`. A file
+    that cannot be read (bad encoding, broken syntax) or a truncated .mo gives no entries and is counted in
+    `read_errors` under its path (`unreadable_catalogue`, `truncated_catalogue`): one bad file does not end a
+    conversion."""
     path = Path(path)
+    if path.suffix == ".mo" and path.is_file() and not mo_is_whole(path):
+        report.read_error(str(path), "truncated_catalogue")
+        return
     try:
         catalogue = polib.mofile(str(path)) if path.suffix == ".mo" else polib.pofile(str(path))
     except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read gettext catalogue {path}: {exc}") from exc
+        report.read_error(str(path), "unreadable_catalogue")
+        report.notes.append(f"{path}: not read: {exc}")
+        return
     for entry in catalogue:
         if entry.obsolete:
             report.drop(lang, "gettext_obsolete")
@@ -77,11 +106,14 @@ def catalogue_entries(path: str | os.PathLike[str], lang: str, report: FilterRep
 
 def catalogue_table(paths: Iterable[str | os.PathLike[str]], lang: str, report: FilterReport) -> dict[str, str]:
     """English msgid → translation (both stripped) over `paths` in order; the first translation seen for a msgid
-    wins. Skipped entries are counted under `lang`."""
+    wins (a later one is counted `gettext_duplicate`). Skipped entries are counted under `lang`."""
     table: dict[str, str] = {}
     for path in paths:
         for msgid, msgstr in catalogue_entries(path, lang, report):
-            table.setdefault(msgid.strip(), msgstr.strip())
+            if msgid.strip() in table:
+                report.drop(lang, "gettext_duplicate")
+            else:
+                table[msgid.strip()] = msgstr.strip()
     return table
 
 

@@ -1,6 +1,11 @@
 """Readers for the corpus formats the converters accept. Each yields raw pairs or rows and reports what it could not
 read (a line without a tab, invalid UTF-8, an id with no text) in the `FilterReport`, naming the file.
 
+Line-based files (TSV, JSONL) are read by `read_lines`: plain, or gzip / bz2 / xz by suffix; CRLF or LF line ends;
+a line of invalid UTF-8 or longer than `MAX_LINE_BYTES` is skipped and counted (`invalid_utf8`, `line_too_long`; a
+long line is never held whole in memory); a compressed file that ends early keeps the lines before the break and is
+counted `truncated_compressed` (`corrupt_compressed` for bad data), with a note saying where it stopped.
+
 - sentence-transformers parallel-sentences: `{root}/{corpus}/{corpus}-en-{lang}-train.tsv.gz`, lines `english\\tother`;
 - JSONL: one pair (`lang`, `text`, `en`) or one row (`query`, `passage` maps) per line;
 - HF datasets saved with `save_to_disk`: the same fields as columns;
@@ -10,11 +15,15 @@ gettext catalogues live in `mimo_ds.data.gettext`.
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import json
+import lzma
 import os
+import re
+import zlib
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import IO, Any, Iterator, Sequence
 
 from mimo_ds.data.filters import FilterReport, RawPair
 
@@ -30,12 +39,52 @@ MMARCO_NAMES = {
 }
 
 
-def _decode_line(raw: bytes, where: str, report: FilterReport) -> str | None:
+# Longer lines are skipped: no sentence or passage is a megabyte; a file without line ends (a binary, a wrong
+# format) would otherwise be read into memory whole.
+MAX_LINE_BYTES = 1 << 20
+# A language code: ISO 639-1/-3 letters, optionally a script or region (zh-Hans, pt_BR). Codes outside a converter's
+# `languages` (when it has them) are counted as unknown; codes not of this form always are.
+LANGUAGE_CODE = re.compile(r"[a-z]{2,3}([-_][A-Za-z0-9]{2,8})*")
+_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+def is_language_code(code: Any) -> bool:
+    return isinstance(code, str) and LANGUAGE_CODE.fullmatch(code) is not None
+
+
+def _open(path: Path) -> IO[bytes]:
+    return _OPENERS.get(path.suffix, open)(path, "rb")  # type: ignore[operator]
+
+
+def _raw_lines(stream: IO[bytes], where: str, report: FilterReport) -> Iterator[bytes]:
+    """Lines of at most MAX_LINE_BYTES (their end included); a longer one is skipped in pieces and counted."""
+    while line := stream.readline(MAX_LINE_BYTES + 1):
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            while line and not line.endswith(b"\n"):
+                line = stream.readline(MAX_LINE_BYTES)
+            report.read_error(where, "line_too_long")
+            continue
+        yield line
+
+
+def read_lines(path: Path, report: FilterReport) -> Iterator[str]:
+    """The decoded lines of a text file (see the module docstring for what is skipped and counted)."""
+    where, number = str(path), 0
+    stream = _open(path)  # a missing file raises here, not as bad data below
     try:
-        return raw.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError:
-        report.read_error(where, "invalid_utf8")
-        return None
+        with stream:
+            for raw in _raw_lines(stream, where, report):
+                number += 1
+                try:
+                    yield raw.decode("utf-8").rstrip("\r\n")
+                except UnicodeDecodeError:
+                    report.read_error(where, "invalid_utf8")
+    except EOFError as exc:
+        report.read_error(where, "truncated_compressed")
+        report.notes.append(f"{path}: the compressed stream ends early; stopped after line {number}: {exc}")
+    except (OSError, zlib.error, lzma.LZMAError) as exc:
+        report.read_error(where, "corrupt_compressed")
+        report.notes.append(f"{path}: unreadable compressed data; stopped after line {number}: {exc}")
 
 
 def read_parallel_sentences(
@@ -53,52 +102,49 @@ def read_parallel_sentences(
             if not path.is_file():
                 continue
             found += 1
-            try:
-                with gzip.open(path, "rb") as lines:
-                    for raw in lines:
-                        line = _decode_line(raw, str(path), report)
-                        if line is None:
-                            continue
-                        fields = line.split("\t")
-                        if len(fields) != 2:
-                            report.read_error(str(path), "not_two_columns")
-                            continue
-                        yield RawPair(lang, fields[0], fields[1], corpus)
-            except (OSError, EOFError) as exc:
-                report.read_error(str(path), "corrupt_gzip")
-                report.notes.append(f"{path}: stopped reading: {exc}")
+            for line in read_lines(path, report):
+                fields = line.split("\t")
+                if len(fields) != 2:
+                    report.read_error(str(path), "not_two_columns")
+                    continue
+                yield RawPair(lang, fields[0], fields[1], corpus)
     if not found:
         raise FileNotFoundError(f"no {{corpus}}/{{corpus}}-en-{{lang}}-train.tsv.gz file under {root} for {list(languages)}")
 
 
 def _json_lines(path: Path, report: FilterReport) -> Iterator[dict[str, Any]]:
-    with open(path, "rb") as lines:
-        for number, raw in enumerate(lines, 1):
-            line = _decode_line(raw, str(path), report)
-            if line is None or not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                report.read_error(str(path), "bad_json")
-                continue
-            if not isinstance(obj, dict):
-                report.read_error(str(path), "not_object")
-                continue
-            yield obj
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    for line in read_lines(path, report):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            report.read_error(str(path), "bad_json")
+            continue
+        if not isinstance(obj, dict):
+            report.read_error(str(path), "not_object")
+            continue
+        yield obj
 
 
 def pairs_from_objects(
     objects: Iterator[dict[str, Any]], where: str, report: FilterReport,
     lang: str | None = None, fields: tuple[str, str, str] = ("lang", "text", "en"),
+    languages: Sequence[str] | None = None,
 ) -> Iterator[RawPair]:
-    """Pairs from dict-like records; `lang` fixes the language when the records carry none."""
+    """Pairs from dict-like records; `lang` fixes the language when the records carry none. A code that is not a
+    language code, or (with `languages`) not one of them, is counted as `unknown_language`."""
     lang_field, text_field, en_field = fields
     for obj in objects:
         code = lang or obj.get(lang_field)
         text, en = obj.get(text_field), obj.get(en_field)
         if not isinstance(code, str) or not isinstance(text, str) or not isinstance(en, str):
             report.read_error(where, "missing_field")
+            continue
+        if not is_language_code(code) or (languages and code not in languages):
+            report.read_error(where, "unknown_language")
             continue
         yield RawPair(code, en, text, obj.get("source") if isinstance(obj.get("source"), str) else None)
 
@@ -125,18 +171,17 @@ def read_hf_disk(path: str | os.PathLike[str], split: str = "train") -> Iterator
 
 
 def _read_id_tsv(path: Path, report: FilterReport) -> dict[str, str]:
+    """id → text; a repeated id keeps its first text (counted `duplicate_id`)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
     table: dict[str, str] = {}
-    with open(path, "rb") as lines:
-        for raw in lines:
-            line = _decode_line(raw, str(path), report)
-            if line is None:
-                continue
-            key, sep, text = line.partition("\t")
-            if not sep:
-                report.read_error(str(path), "not_two_columns")
-                continue
+    for line in read_lines(path, report):
+        key, sep, text = line.partition("\t")
+        if not sep:
+            report.read_error(str(path), "not_two_columns")
+        elif key in table:
+            report.read_error(str(path), "duplicate_id")
+        else:
             table[key] = text
     return table
 
@@ -158,23 +203,22 @@ def read_id_aligned_rows(
     query_text = {lang: _read_id_tsv(fmt(queries, lang), report) for lang in languages}
     passage_text = {lang: _read_id_tsv(fmt(passages, lang), report) for lang in languages}
     pairs_path = root / pairs
+    if not pairs_path.is_file():
+        raise FileNotFoundError(f"{pairs_path} not found")
     seen: set[tuple[str, str]] = set()
-    with open(pairs_path, "rb") as lines:
-        for raw in lines:
-            line = _decode_line(raw, str(pairs_path), report)
-            if line is None:
-                continue
-            cols = line.split()
-            if len(cols) < 2:
-                report.read_error(str(pairs_path), "not_two_columns")
-                continue
-            qid, pid = cols[0], cols[1]
-            if (qid, pid) in seen:
-                continue
-            seen.add((qid, pid))
-            missing = [l for l in languages if qid not in query_text[l] or pid not in passage_text[l]]
-            if missing:
-                for lang in missing:
-                    report.drop(lang, "missing_translation")
-                continue
-            yield qid, pid, {l: query_text[l][qid] for l in languages}, {l: passage_text[l][pid] for l in languages}
+    for line in read_lines(pairs_path, report):
+        cols = line.split()
+        if len(cols) < 2:
+            report.read_error(str(pairs_path), "not_two_columns")
+            continue
+        qid, pid = cols[0], cols[1]
+        if (qid, pid) in seen:  # mMARCO's triples repeat a positive pair once per negative
+            report.read_error(str(pairs_path), "repeated_pair")
+            continue
+        seen.add((qid, pid))
+        missing = [l for l in languages if qid not in query_text[l] or pid not in passage_text[l]]
+        if missing:
+            for lang in missing:
+                report.drop(lang, "missing_translation")
+            continue
+        yield qid, pid, {l: query_text[l][qid] for l in languages}, {l: passage_text[l][pid] for l in languages}
