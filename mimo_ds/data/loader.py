@@ -443,7 +443,7 @@ class TrainLoader:
         return total
 
     def _all_counts(self) -> ShardCounts:
-        return merge(merge({}, _plain(self._past_counts)), _plain(self._current_counts()))
+        return merge(merge({}, self._past_counts), self._current_counts())
 
     def bad_records(self) -> dict[str, dict[str, int]]:
         """Bad records skipped on this rank since the run began (resumed runs included): shard → reason → count.
