@@ -339,6 +339,7 @@ def _runs(db: Path) -> list:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # past the suite's 600 s: a fresh machine installs Slurm, the chain runs 3 launches
 def test_dry_run_inside_a_job_prints_the_allocation_and_starts_nothing(cluster, data, tmp_path):
     out = tmp_path / "runs" / "stage1"
     env = {**cluster.env, "MIMO_DRY_RUN": "1"}
@@ -387,6 +388,7 @@ def chain(cluster, data, tmp_path_factory) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a fresh machine installs Slurm first
 def test_stage1_then_stage2_chained_with_afterok(cluster, chain):
     s1, s2, s1_out = chain["s1"], chain["s2"], chain["s1_out"]
     cluster.assert_completed(s1)
@@ -418,6 +420,7 @@ def _audit(out: Path) -> tuple[dict[int, list[int]], dict[int, Counter]]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a fresh machine installs Slurm first
 def test_usr1_checkpoints_requeues_resumes_and_completes(cluster, chain):
     s2, out = chain["s2"], chain["s2_out"]
     cluster.assert_completed(s2, restarts=1)
