@@ -293,6 +293,15 @@ mimo_forward_signal() {  # $1: the signal the batch shell got. srun relays USR1 
   kill -s USR1 "$MIMO_SRUN_PID" 2>/dev/null || true
 }
 
+mimo_requeue() {  # after the ranks checkpointed (or before any started): requeue; exit 75 if Slurm refuses
+  if scontrol requeue "$SLURM_JOB_ID"; then
+    mimo_log "requeued job $SLURM_JOB_ID: it resumes from its newest checkpoint with --resume auto"
+    exit 0
+  fi
+  mimo_log "could not requeue job $SLURM_JOB_ID (cancelled, or not requeueable); resubmit it to resume"
+  exit "$MIMO_EXIT_PREEMPTED"
+}
+
 mimo_newest_checkpoint() {
   local dir=$CFG_output_dir/checkpoints
   [[ -d $dir ]] || return 0
@@ -304,7 +313,13 @@ mimo_launch() {
   export MIMO_ROOT MIMO_WORLD MIMO_TPN MIMO_MASTER_ADDR MIMO_MASTER_PORT MIMO_ACCELERATOR MIMO_THREADS
   export CFG_tracking_default
   [[ -z $CFG_tracking_default ]] || mkdir -p "$(dirname "$CFG_output_dir")"
+  trap '' USR1 TERM
+  if [[ -n $MIMO_EARLY_SIGNAL ]]; then
+    mimo_log "got SIG$MIMO_EARLY_SIGNAL before the ranks started: requeueing without starting them"
+    mimo_requeue
+  fi
   mimo_log "job $SLURM_JOB_ID starts (restart ${SLURM_RESTART_COUNT:-0}) on ${MIMO_HOSTS[*]}"
+  MIMO_SRUN_PID=''
   trap 'mimo_forward_signal USR1' USR1
   trap 'mimo_forward_signal TERM' TERM
   "${MIMO_SRUN[@]}" &
@@ -322,12 +337,7 @@ mimo_launch() {
       exit 0 ;;
     "$MIMO_EXIT_PREEMPTED")
       mimo_log "preempted: the ranks checkpointed ($(mimo_newest_checkpoint) in $CFG_output_dir/checkpoints)"
-      if scontrol requeue "$SLURM_JOB_ID"; then
-        mimo_log "requeued job $SLURM_JOB_ID: it resumes from that checkpoint with --resume auto"
-        exit 0
-      fi
-      mimo_log "could not requeue job $SLURM_JOB_ID (cancelled, or not requeueable); resubmit it to resume"
-      exit "$status" ;;
+      mimo_requeue ;;
     *)
       mimo_log "the trainer failed with status $status: not requeued"
       exit "$status" ;;
@@ -338,6 +348,9 @@ mimo_launch() {
 mimo_main() {
   MIMO_STAGE=$1 MIMO_SCRIPT=$2 MIMO_DEFAULT_RECIPE=$3
   shift 3
+  MIMO_EARLY_SIGNAL=''  # a signal while the launch is prepared: remembered, and the job requeued before any rank
+  trap 'MIMO_EARLY_SIGNAL=USR1' USR1
+  trap 'MIMO_EARLY_SIGNAL=TERM' TERM
   mimo_parse_args "$@"
   mimo_find_python
   mimo_find_recipe

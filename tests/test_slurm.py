@@ -353,6 +353,49 @@ def test_dry_run_inside_a_job_prints_the_allocation_and_starts_nothing(cluster, 
     assert not out.exists()
 
 
+def _fake_trainer(folder: Path, status: int, config_delay: float = 0.0) -> Path:
+    """A MIMO_PYTHON that runs the launcher's config check with the real Python (after a delay) and stands in for
+    the trainer on every rank: it records the rank and exits with `status`."""
+    script = folder / "fake-python"
+    script.write_text(f"""#!/bin/bash
+if [[ $1 == - ]]; then sleep {config_delay}; exec {sys.executable} "$@"; fi
+echo "fake rank $RANK of $WORLD_SIZE restart ${{SLURM_RESTART_COUNT:-0}}" >> {folder / 'ranks.log'}
+exit {status}
+""")
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # a fresh machine installs Slurm first
+def test_a_failed_trainer_is_not_requeued(cluster, tmp_path):
+    fake = _fake_trainer(tmp_path, status=3)
+    job = cluster.sbatch(STAGE1, "--recipe", str(TINY / "stage1.yaml"), env={**cluster.env, "MIMO_PYTHON": str(fake)})
+    info = cluster.wait(job)
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("FAILED", "3:0", "0"), cluster.log(job)
+    assert "the trainer failed with status 3: not requeued" in cluster.log(job)
+    assert sorted((tmp_path / "ranks.log").read_text().splitlines()) == ["fake rank 0 of 2 restart 0",
+                                                                         "fake rank 1 of 2 restart 0"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # a fresh machine installs Slurm first
+def test_a_signal_before_the_ranks_start_requeues_without_starting_them(cluster, tmp_path):
+    fake = _fake_trainer(tmp_path, status=0, config_delay=10)
+    job = cluster.sbatch(STAGE1, "--recipe", str(TINY / "stage1.yaml"), env={**cluster.env, "MIMO_PYTHON": str(fake)})
+    deadline = time.monotonic() + 300
+    while cluster.job(job)["JobState"] != "RUNNING":
+        assert time.monotonic() < deadline, cluster.job(job)
+        time.sleep(0.2)
+    time.sleep(1)  # inside the 10 s config check
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=cluster.env, check=True, timeout=60)
+    cluster.wait(job)
+    cluster.assert_completed(job, restarts=1)
+    assert "got SIGUSR1 before the ranks started: requeueing without starting them" in cluster.log(job)
+    assert sorted((tmp_path / "ranks.log").read_text().splitlines()) == ["fake rank 0 of 2 restart 1",
+                                                                         "fake rank 1 of 2 restart 1"]
+
+
 @pytest.fixture(scope="module")
 def chain(cluster, data, tmp_path_factory) -> dict:
     """`sbatch slurm/stage1.sh`, then `sbatch --dependency=afterok:<stage 1> slurm/stage2.sh`, whose job is sent
