@@ -36,7 +36,7 @@ EXPERIMENT = "mimo-demo"
 PAIRS_PER_LANGUAGE = 120
 BENCH_MIN_LANGUAGES = None  # every benchmark entry in all the demo's languages
 BENCH_NAME = "wheels-mlir"
-REPORT_JSON, REPORT_HTML = "demo_report.json", "report.html"
+REPORT_JSON, REPORT_HTML, REPORT_MD = "demo_report.json", "report.html", "demo_report.md"
 # metric (under the benchmark's name) → column header; ↓: lower is better
 SHOWN = {"ndcg_at_20": "nDCG@20", "xself/ndcg_at_20": "nDCG@20 xself", "xself/recall_at_100": "R@100 xself",
          "xself/own_language_share_at_20": "own-lang@20 xself↓", "alignment": "align↓", "uniformity": "unif↓"}
@@ -81,7 +81,7 @@ FULL_RUNS = (
       for lam in (0, 0.5, 1)),
 )
 OWNED = ("data", "bench", "start", "stage1", "mimo_lam0.2", "mimo_lam0", "mimo_lam0.5", "mimo_lam1", "xlco",
-         "infonce", "lakda", "mlflow.db", "mlartifacts", REPORT_JSON, REPORT_HTML)
+         "infonce", "lakda", "mlflow.db", "mlartifacts", REPORT_JSON, REPORT_HTML, REPORT_MD)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -233,10 +233,35 @@ def _table(rows: dict[str, dict[str, float]], title: str) -> Table:
     return table
 
 
+def markdown_table(report: dict) -> str:
+    """The results as a Markdown table (what the README shows), every number from the report's JSON."""
+    head = "| model | " + " | ".join(SHOWN.values()) + " |"
+    lines = [head, "|---|" + "---:|" * len(SHOWN)]
+    for model, metrics in report["results"].items():
+        cells = [f"{metrics[f'{BENCH_NAME}/{m}']:.3f}" if f"{BENCH_NAME}/{m}" in metrics else "–" for m in SHOWN]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    machine = report["machine"]
+    lines.append("")
+    lines.append(f"{machine['processor']}, {machine['cpus']} CPUs, torch {machine['torch']}; wall time "
+                 f"{report['wall_s'] / 60:.1f} min (load average {report['load_average_before'][0]:.1f} at the start, "
+                 f"{machine['load_average'][0]:.1f} at the end){'; --full' if report['full'] else ''}.")
+    return "\n".join(lines) + "\n"
+
+
+def _cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one (platform.processor() is often empty on Linux)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def _machine() -> dict[str, object]:
     import torch
 
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    return {"platform": platform.platform(), "processor": _cpu_name(),
             "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0],
             "torch": torch.__version__, "load_average": list(os.getloadavg())}
 
@@ -313,6 +338,7 @@ def run_demo(args: argparse.Namespace) -> int:
                        for kind in ("pairs", "rows")},
               "report_html": str(report_html) if report_html else None}
     (out / REPORT_JSON).write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    (out / REPORT_MD).write_text(markdown_table(report), encoding="utf-8")
     console.print(f"wall time {wall / 60:.1f} min; results: {out / REPORT_JSON}")
     if report_html:
         console.print(f"report: {report_html}")
