@@ -22,6 +22,9 @@ from mlflow import MlflowClient
 from mimo_ds import demo
 from mimo_ds.eval.benchmark import load_benchmark
 
+# Three training processes, four evaluations: minutes on an idle 2-core machine, more on a shared one.
+pytestmark = pytest.mark.timeout(2400)
+
 RUNS = {"start (untrained)": "demo-start", "stage 1 (distill)": "demo-stage1", "MIMO λ=0.2": "demo-mimo_lam0.2",
         "XLCO": "demo-xlco"}
 

@@ -74,9 +74,10 @@ def loss_curves(client: MlflowClient, runs: list[Run]) -> dict[str, bytes]:
 
 
 def ndcg_bars(runs: list[Run]) -> bytes | None:
-    """Grouped bars: one group per benchmark (`<benchmark>/ndcg_at_20`), one bar per run."""
+    """Grouped bars: one group per benchmark (`<benchmark>/ndcg_at_20`, and `<benchmark>/xself/ndcg_at_20` as its own
+    group; per-language breakdowns left out), one bar per run."""
     benchmarks = sorted({key[: -len(NDCG_SUFFIX)] for run in runs for key in run.data.metrics
-                         if key.endswith(NDCG_SUFFIX)})
+                         if key.endswith(NDCG_SUFFIX) and not _per_language(key)})
     if not benchmarks:
         return None
     fig = Figure(figsize=(max(6.0, 1.2 * len(benchmarks) * max(1, len(runs)) / 2), 4), layout="constrained")
@@ -91,6 +92,11 @@ def ndcg_bars(runs: list[Run]) -> bytes | None:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small", ncols=min(4, len(runs)))
     return to_png(fig)
+
+
+def _per_language(key: str) -> bool:
+    """`<benchmark>/lang/<a>/...` and `<benchmark>/pair/<a>-<b>/...`: breakdowns, not a benchmark's own number."""
+    return "/lang/" in key or "/pair/" in key
 
 
 def scatter_label(run: Run) -> str:
