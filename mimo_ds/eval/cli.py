@@ -14,7 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 SUMMARY = ("ndcg_at_10", "ndcg_at_20", "recall_at_100", "mrr_at_10", "map_at_100", "mrc_at_10", "peer_at_20",
-           "alignment", "uniformity", "language_clustering")
+           "alignment", "uniformity", "language_clustering", "xself/ndcg_at_20", "xself/recall_at_100",
+           "xself/own_language_share_at_20")
 
 
 def _pooling(name: str) -> str:
@@ -42,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--max-length", type=int)
     ev.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
     ev.add_argument("--no-pairs", action="store_true", help="skip per (query language, doc language) metrics")
+    ev.add_argument("--exclude-self", action=argparse.BooleanOptionalAction, default=None,
+                    help="MLIR: also report xself/ metrics, the query's own-language copy removed from the ranking "
+                         "and the relevant set (default: the benchmark's exclude_self setting)")
     ev.set_defaults(func=run_eval)
 
     bm = subparsers.add_parser("benchmark", help="build benchmark folders")
@@ -113,7 +117,8 @@ def run_eval(args: argparse.Namespace) -> int:
                     "benchmarks": {}}
     for bench in benches:
         result = evaluate_benchmark(bench, encoder.encode, batch_size=args.batch_size, k_values=args.k,
-                                    per_pair=not args.no_pairs, rank=rank, world_size=world, progress=True)
+                                    per_pair=not args.no_pairs, exclude_self=args.exclude_self, rank=rank,
+                                    world_size=world, progress=True)
         if rank != 0:
             continue
         entry = {"protocol": result.protocol, "info": result.info, "metrics": result.metrics}
@@ -124,7 +129,7 @@ def run_eval(args: argparse.Namespace) -> int:
         per_lang = [(lang, {m.split("/")[-1]: v for m, v in result.metrics.items()
                             if m.startswith(f"lang/{lang}/")}) for lang in bench.languages]
         console.print(_table(f"{bench.name} by query language", ["ndcg_at_20", "recall_at_100", "mrr_at_10",
-                                                                  "mrc_at_10", "peer_at_20", "own_language_share"],
+                                                                  "mrc_at_10", "peer_at_20", "own_language_share_at_20"],
                              [row for row in per_lang if row[1]]))
     if rank != 0:
         return 0

@@ -1,4 +1,7 @@
-"""A real, offline mini-benchmark built from the Django wheel's gettext catalogues, held-out entries only.
+"""Real, offline mini-benchmarks built from gettext catalogues that ship in wheels, held-out entries only.
+
+`build_mini_benchmark` uses Django's catalogues; `build_wheels_benchmark` those of several wheels
+(`mimo_ds.data.wheels`: the demo's sources), with MLIR's `exclude_self` option on.
 
 Each catalogue entry is an English message (msgid) with its translations, i.e. parallel text in up to ~100
 languages that ships inside a registry package. The demo trains on entries that `is_heldout` rejects; this builder
@@ -10,7 +13,7 @@ without spaces), relevant = every language version of the same entry.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from mimo_ds.data.filters import FilterReport
@@ -38,13 +41,29 @@ def django_parallel(languages: Sequence[str], *, min_words: int = MIN_ROW_WORDS,
     report = report if report is not None else FilterReport()
     files = {lang: django_catalogues(lang) for lang in languages if lang != "en"}
     check_django_catalogues(files)
+    return heldout_parallel(files, languages, min_words=min_words, min_languages=min_languages, report=report)
+
+
+def heldout_parallel(files: Mapping[str, Sequence[Path]], languages: Sequence[str], *, min_words: int,
+                     min_languages: int | None, report: FilterReport, disjoint: bool = False
+                     ) -> dict[str, dict[str, str]]:
+    """`{entry id: {lang: text}}` for the held-out English msgids of ≥ `min_words` words in the catalogues `files`
+    (non-English language → files, first translation seen wins), translated in every language of `languages` (or in
+    at least `min_languages` of them, English included). `disjoint` also drops a held-out translation that equals a
+    training-side text (two English messages can share a translation), counted as `shared_with_training`."""
     tables = {lang: catalogue_table(paths, lang, report) for lang, paths in files.items()}
+    training = ({t for table in tables.values() for m, t in table.items() if not is_heldout(m)}
+                | {m for table in tables.values() for m in table if not is_heldout(m)}) if disjoint else set()
     needed = len(languages) if min_languages is None else min_languages
     out: dict[str, dict[str, str]] = {}
     for msgid in sorted(set().union(*tables.values()) if tables else ()):
         if len(msgid.split()) < min_words or not is_heldout(msgid):
             continue
         versions = {lang: msgid if lang == "en" else tables[lang].get(msgid) for lang in languages}
+        for lang, text in versions.items():
+            if text and text in training:
+                report.drop(lang, "shared_with_training")
+                versions[lang] = None
         versions = {lang: text for lang, text in versions.items() if text}
         if len(versions) >= needed:
             out[entry_id(msgid)] = versions
@@ -73,4 +92,34 @@ def build_mini_benchmark(out_dir: str | Path, languages: Sequence[str] = MIMO_LA
                        "locales": {lang: django_locale(lang) for lang in languages if lang != "en"},
                        "skipped": {lang: counts["dropped"] for lang, counts in
                                    report.as_dict(None)["languages"].items()}})
+    return write_benchmark(bench, out_dir)
+
+
+def build_wheels_benchmark(out_dir: str | Path, sources: Sequence[str], languages: Sequence[str], *,
+                           min_words: int = MIN_ROW_WORDS, min_languages: int | None = None,
+                           name: str = "wheels-mlir") -> Path:
+    """The MLIR mini-benchmark from the held-out strings of several wheels' catalogues (`mimo_ds.data.wheels`),
+    built like the Django one (document = the whole message, query = its first half, every language version
+    relevant), with `exclude_self` on: besides the paper's protocol, the runner reports every metric with the query's
+    own-language copy taken out of the ranking and out of the relevant set (`xself/...`)."""
+    from mimo_ds.data.wheels import catalogues, merged
+
+    report = FilterReport()
+    by_source = catalogues(sources, languages)
+    passages = heldout_parallel(merged(by_source, languages), languages, min_words=min_words,
+                                min_languages=min_languages, report=report, disjoint=True)
+    if not passages:
+        raise ValueError(f"no held-out entries with ≥ {min_words} words translated in {list(languages)} "
+                         f"in the catalogues of {list(sources)}")
+    queries = {eid: {lang: half_text(text, lang) for lang, text in versions.items()}
+               for eid, versions in passages.items()}
+    bench = build_mlir(passages, queries, {eid: [eid] for eid in passages}, name=name)
+    bench.meta.update({"source": f"gettext catalogues of the wheels {', '.join(sources)} (mimo_ds.data.wheels)",
+                       "split": "heldout (mimo_ds.data.splits.is_heldout on the English msgid)",
+                       "query": "mimo_ds.data.gettext.half_text (as the stage-2 rows)", "exclude_self": True,
+                       "min_words": min_words, "min_languages": min_languages, "entries": len(passages),
+                       "shared_with_training": {lang: counts["dropped"].get("shared_with_training", 0) for lang, counts
+                                                in report.as_dict(None)["languages"].items()},
+                       "catalogues": {src: {lang: len(p) for lang, p in sorted(by_lang.items())}
+                                      for src, by_lang in by_source.items()}})
     return write_benchmark(bench, out_dir)

@@ -4,6 +4,14 @@ Metric names are flat and free of `@` (MLflow refuses it): `ndcg_at_20`, `lang/d
 `pair/de-en/ndcg_at_20` (German queries judged only on the English versions of their gold, ranked in the whole
 pooled corpus), `mrc_at_10`, `peer_at_20`, `alignment`, `uniformity`, `language_clustering`. Overall retrieval
 numbers are the mean over queries for MLIR and the mean over languages for multi-monolingual (MIRACL's convention).
+
+MLIR's `exclude_self` option (`evaluate_benchmark(exclude_self=True)`, or `"exclude_self": true` in benchmark.json)
+adds the same retrieval metrics under `xself/` with each query's own-language copy of its passage (the document of
+the query's group in the query's language) taken out of the ranking and out of the relevant set: in a benchmark whose
+queries are parts of its documents, that copy is a near-duplicate every model ranks first, which rewards matching
+the query's own language and hides how well the other language versions are found. With it come
+`xself/own_language_share_at_20` (the share of each query's top 20 in the query's language, per query language
+under `xself/lang/<a>/`) and `xself/own_language_blind_share` (what a language-blind ranking would give).
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ K_VALUES = (10, 20, 100)
 MRC_K = (5, 10, 20)
 PEER_K = (20, 100)
 CLUSTERING_K = 10
+SHARE_K = 20  # own-language share of the top 20
+XSELF = "xself/"
 
 
 @dataclass
@@ -57,11 +67,12 @@ def _search_monolingual(bench: Benchmark, q: torch.Tensor, d: torch.Tensor, dept
 
 
 def _retrieval(bench: Benchmark, hits: list[tuple[np.ndarray, np.ndarray]], k_values: Sequence[int],
-               per_pair: bool) -> dict[str, float]:
+               per_pair: bool, qrels: dict[str, dict[str, int]] | None = None) -> dict[str, float]:
+    qrels = bench.qrels if qrels is None else qrels
     run = {query.id: {bench.corpus[int(j)].id: float(s) for s, j in zip(scores, idx)}
            for query, (scores, idx) in zip(bench.queries, hits)}
     qlang = {query.id: query.lang for query in bench.queries}
-    per_query = per_query_metrics(run, bench.qrels, k_values)
+    per_query = per_query_metrics(run, qrels, k_values)
     by_lang = mean_by(per_query, qlang)
     if bench.protocol == "mlir":
         overall = mean_by(per_query).get("", {})
@@ -73,35 +84,99 @@ def _retrieval(bench: Benchmark, hits: list[tuple[np.ndarray, np.ndarray]], k_va
     doc_langs = sorted({doc.lang for doc in bench.corpus})
     if per_pair and bench.protocol == "mlir" and len(doc_langs) > 1:
         for b in doc_langs:
-            restricted = restrict_qrels(bench.qrels, (doc.id for doc in bench.corpus if doc.lang == b))
+            restricted = restrict_qrels(qrels, (doc.id for doc in bench.corpus if doc.lang == b))
             for a, values in mean_by(per_query_metrics(run, restricted, k_values), qlang).items():
                 out.update({f"pair/{a}-{b}/{m}": v for m, v in values.items()})
+    return out
+
+
+def self_positions(bench: Benchmark) -> list[int | None]:
+    """Per query, the corpus position of its own-language copy (same group, same language), None when it has none."""
+    position = {(doc.group, doc.lang): n for n, doc in enumerate(bench.corpus) if doc.group is not None}
+    return [position.get((query.group, query.lang)) if query.group is not None else None for query in bench.queries]
+
+
+def drop_self(bench: Benchmark, hits: list[tuple[np.ndarray, np.ndarray]], depth: int,
+              ) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict[str, dict[str, int]]]:
+    """The `exclude_self` protocol: each query's own-language copy removed from its ranking (which is then cut to
+    `depth`) and from its relevant documents."""
+    selves = self_positions(bench)
+    out_hits, qrels = [], {}
+    for query, (scores, idx), own in zip(bench.queries, hits, selves):
+        keep = idx != own if own is not None else np.ones(len(idx), dtype=bool)
+        out_hits.append((scores[keep][:depth], idx[keep][:depth]))
+        own_id = bench.corpus[own].id if own is not None else None
+        qrels[query.id] = {did: rel for did, rel in bench.qrels.get(query.id, {}).items() if did != own_id}
+    return out_hits, qrels
+
+
+def own_language_share(bench: Benchmark, hits: list[tuple[np.ndarray, np.ndarray]], k: int = SHARE_K,
+                       exclude_self: bool = False) -> dict[str, float]:
+    """Share of each query's top k in the query's language: overall (`own_language_share_at_k`), per query language
+    (`lang/<a>/...`), and what a language-blind ranking would give on average (`own_language_blind_share`: the
+    query language's share of the corpus, the query's own copy left out under exclude_self)."""
+    doc_lang = np.asarray([doc.lang for doc in bench.corpus])
+    counts = {lang: int((doc_lang == lang).sum()) for lang in set(doc_lang.tolist())}
+    shares: dict[str, list[float]] = {}
+    blind = []
+    drop = 1 if exclude_self else 0
+    for query, (_, idx) in zip(bench.queries, hits):
+        if len(idx) == 0:
+            continue
+        top = idx[:k]
+        shares.setdefault(query.lang, []).append(float(np.mean(doc_lang[top] == query.lang)))
+        blind.append((counts.get(query.lang, 0) - drop) / max(1, len(doc_lang) - drop))
+    if not blind:
+        return {}
+    name = f"own_language_share_at_{k}"
+    out = {name: float(np.mean([v for values in shares.values() for v in values])),
+           "own_language_blind_share": float(np.mean(blind))}
+    out.update({f"lang/{lang}/{name}": float(np.mean(v)) for lang, v in sorted(shares.items())})
     return out
 
 
 def evaluate_benchmark(bench: Benchmark, encode: EncodeFn, *, batch_size: int = 64,
                        k_values: Sequence[int] = K_VALUES, mrc_k: Sequence[int] = MRC_K,
                        peer_k: Sequence[int] = PEER_K, clustering_k: int = CLUSTERING_K, per_pair: bool = True,
-                       rank: int = 0, world_size: int = 1, progress: bool = False) -> BenchmarkResult:
+                       exclude_self: bool | None = None, rank: int = 0, world_size: int = 1,
+                       progress: bool = False) -> BenchmarkResult:
     """Evaluate `encode` on `bench`. Collective: every rank must call it; metrics are computed on rank 0 only
-    (other ranks get a result with empty metrics)."""
+    (other ranks get a result with empty metrics). `exclude_self` (MLIR only; None: the benchmark's
+    `exclude_self` setting) adds the `xself/` metrics (module doc)."""
+    if exclude_self is None:
+        exclude_self = bool(bench.meta.get("exclude_self", False))
+    if exclude_self and bench.protocol != "mlir":
+        raise ValueError(f"benchmark {bench.name!r}: exclude_self is an option of the mlir protocol, "
+                         f"not of {bench.protocol}")
     t0 = time.perf_counter()
     kw = dict(batch_size=batch_size, rank=rank, world_size=world_size, progress=progress and rank == 0)
     d = encode_all(encode, [doc.text for doc in bench.corpus], "passage", **kw)
     q = encode_all(encode, [query.text for query in bench.queries], "query", **kw)
     t_encode = time.perf_counter() - t0
-    depth = max([*k_values, *mrc_k, *peer_k, clustering_k])
+    depth = max([*k_values, *mrc_k, *peer_k, clustering_k, SHARE_K])
     result = BenchmarkResult(bench.name, bench.protocol, info={
         "protocol": bench.protocol, "languages": bench.languages, "n_docs": len(bench.corpus),
         "n_queries": len(bench.queries),
         "n_scored_queries": sum(any(r > 0 for r in docs.values()) for docs in bench.qrels.values()),
         "encode_s": round(t_encode, 3)})
     if bench.protocol == "mlir":  # collective: every rank searches a slice of the queries
-        scores, top_idx = (t.numpy() for t in distributed_top_k(q, d, depth, rank=rank, world_size=world_size))
+        search_depth = depth + 1 if exclude_self else depth  # room to drop the query's own copy
+        scores, top_idx = (t.numpy() for t in distributed_top_k(q, d, search_depth, rank=rank, world_size=world_size))
     if rank != 0:
         return result
     hits = list(zip(scores, top_idx)) if bench.protocol == "mlir" else _search_monolingual(bench, q, d, depth)
+    if exclude_self:
+        own_hits, own_qrels = drop_self(bench, hits, depth)
+        xself = {**_retrieval(bench, own_hits, k_values, False, own_qrels),
+                 **own_language_share(bench, own_hits, exclude_self=True)}
+        result.info["xself_scored_queries"] = sum(any(r > 0 for r in docs.values()) for docs in own_qrels.values())
+        hits = [(s[:depth], i[:depth]) for s, i in hits]
+        top_idx = top_idx[:, :depth]
     metrics = _retrieval(bench, hits, k_values, per_pair)
+    if bench.protocol == "mlir":
+        metrics.update(own_language_share(bench, hits))
+    if exclude_self:
+        metrics.update({XSELF + name: value for name, value in xself.items()})
     doc_langs = [doc.lang for doc in bench.corpus]
     if bench.protocol == "mlir":
         qlangs = [query.lang for query in bench.queries]

