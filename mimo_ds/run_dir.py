@@ -13,6 +13,7 @@ from typing import Any
 from mimo_ds.checkpoint import CHECKPOINTS_DIR
 from mimo_ds.config import RunConfig
 from mimo_ds.data.audit import AUDIT_DIR
+from mimo_ds.data.bad_report import BAD_RECORDS_FILE
 from mimo_ds.data.shards import read_index
 from mimo_ds.stage_output import (
     LEGACY_PROJECTION_FILE,
@@ -24,7 +25,7 @@ from mimo_ds.stage_output import (
 METRICS_FILE = "metrics.jsonl"
 #: Everything a run writes into its output_dir, and nothing else: what --overwrite removes.
 RUN_OUTPUTS = (CHECKPOINTS_DIR, STUDENT_DIR, PROJECTION_FILE, LEGACY_PROJECTION_FILE, STUDENT_META, AUDIT_DIR,
-               METRICS_FILE)
+               METRICS_FILE, BAD_RECORDS_FILE)
 
 
 def existing_outputs(output_dir: Path) -> list[str]:

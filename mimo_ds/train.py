@@ -61,6 +61,7 @@ def launcher_world_size() -> int:
 def preflight(cfg: RunConfig, resume: str | Path = "never", overwrite: bool = False) -> Path | None:
     """Every check that can fail before a process group: a failure here is one message and exit status 2, instead
     of a traceback on every rank minutes later. Returns the checkpoint to resume from (None: a fresh run)."""
+    from mimo_ds.data.verify import check_shards
     from mimo_ds.ds_config import build_ds_config
     from mimo_ds.models.loading import check_model_path
 
@@ -72,6 +73,10 @@ def preflight(cfg: RunConfig, resume: str | Path = "never", overwrite: bool = Fa
         check_model_path(cfg.teacher.path)
     if not (cfg.data.train / "index.json").is_file():
         raise ConfigError(f"data.train: no index.json in {cfg.data.train} (build shards with `mimo-ds shards`)")
+    try:  # missing, resized (or with data.verify: full, altered) shards: refuse before any process group
+        check_shards(cfg.data.train, cfg.data.verify)
+    except ValueError as exc:
+        raise ConfigError(f"data.train: {exc}") from exc
     if cfg.data.teacher_cache is not None:  # another teacher, prompt, max length or other shards: refuse now
         from mimo_ds.data.teacher_cache import check_run_cache
 

@@ -28,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from mimo_ds.checkpoint import CheckpointManager
 from mimo_ds.config import RunConfig
 from mimo_ds.data.audit import AuditTrail
+from mimo_ds.data.bad_report import BAD_RECORDS_FILE, bad_record_report, report_metrics
 from mimo_ds.data.batch import Batch
 from mimo_ds.data.loader import LoaderSpec, TrainLoader, build_train_loader
 from mimo_ds.data.shards import read_index
@@ -305,7 +306,7 @@ def train(s: Session, stop: StopRequests | None = None) -> list[dict[str, float]
                 meter.close()
                 raise Preempted(step, folder)
     meter.close()
-    final = {f"data/bad_{k}": float(v) for k, v in s.loader.bad_counts().items()}
+    final = report_bad_records(s)
     if cfg.eval.at_end and cfg.eval.benchmarks:
         final.update(_evaluate(s))
     _log(s, final, s.steps)
@@ -325,7 +326,20 @@ def save_checkpoint(s: Session, step: int) -> Path:
     folder = s.checkpoints.save(s.engine, step, loader_state=s.loader.state_dict(), meta=meta,
                                 run_config=s.cfg.model_dump(mode="json"), write_spec=write_spec)
     s.tracker.set_tags({TAG_CHECKPOINT: str(folder)})
+    s.tracker.log_metrics(report_bad_records(s), step=step)
     return folder
+
+
+def report_bad_records(s: Session) -> dict[str, float]:
+    """Collective: sum every rank's skipped records; rank 0 writes `data_bad_records.json` into the output folder
+    and as an MLflow artifact. Returns the totals as metrics (the same on every rank)."""
+    per_rank: list[Any] = [None] * s.world
+    dist.all_gather_object(per_rank, (s.loader.bad_records(), s.loader.read_counts()))
+    report = bad_record_report([bad for bad, _ in per_rank], [read for _, read in per_rank])
+    if s.rank == 0:
+        (s.cfg.output_dir / BAD_RECORDS_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        s.tracker.log_dict(report, BAD_RECORDS_FILE)
+    return report_metrics(report)
 
 
 def _log(s: Session, metrics: dict[str, float], step: int) -> None:
