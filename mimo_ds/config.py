@@ -35,6 +35,11 @@ class StudentConfig(Strict):
     max_length: int = Field(256, ge=8)
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
     gradient_checkpointing: bool = False
+    resident_params: Literal["auto"] | bool = Field(
+        "auto", description="ZeRO-3: keep the student's full parameters on every rank between optimizer steps "
+                            "(gathered once per step) instead of gathering them for every forward of every chunk "
+                            "(true/false; YAML's on/off work too); auto = true when their compute copy takes ≤ 10% "
+                            "of the device's memory")
     trust_remote_code: bool = Field(False, description="run model code shipped with the weights (off: a hub model "
                                                       "must not execute code you have not read)")
     query_prompt: str = Field("", description="prepended to the student's query texts (roles an objective marks as queries)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,37 @@ def zero_stage(ds: dict[str, Any]) -> int:
 def offloads_optimizer(ds: dict[str, Any]) -> bool:
     device = ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
     return device not in ("none", None)
+
+
+#: `resident_params: auto` keeps the student resident when its compute copy takes at most this share of memory.
+RESIDENT_MEMORY_SHARE = 0.10
+
+
+def device_memory_bytes(device: torch.device) -> int:
+    """The accelerator's memory, or the machine's for a CPU run."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    import psutil
+
+    return int(psutil.virtual_memory().total)
+
+
+def keeps_resident(choice: str | bool, numel: int, precision: str, device: torch.device) -> bool:
+    """Whether ZeRO-3 should keep the student's parameters gathered between steps (see `make_resident`)."""
+    if choice != "auto":
+        return bool(choice)
+    bytes_per = 4 if precision == "fp32" else 2
+    return numel * bytes_per <= RESIDENT_MEMORY_SHARE * device_memory_bytes(device)
+
+
+def make_resident(ds: dict[str, Any], largest_numel: int) -> None:
+    """ZeRO-3 with every parameter persistent: each rank keeps the full compute copy, all-gathered once after each
+    optimizer step, so a cached pass's chunks (and their replays) run without gathering anything; gradients and the
+    optimizer's fp32 state stay partitioned. This is DeepSpeed's own mechanism for small parameters
+    (`stage3_param_persistence_threshold`), extended to all of them. DeepSpeed's memory-efficient linear (a Python
+    autograd function replacing `F.linear`, which re-gathers a partitioned weight in backward instead of keeping it)
+    has nothing to save then and only costs time, so it is switched off. Call before the student is built."""
+    zero = ds.setdefault("zero_optimization", {})
+    zero["stage3_param_persistence_threshold"] = int(largest_numel)
+    zero["model_persistence_threshold"] = sys.maxsize
+    zero["memory_efficient_linear"] = False

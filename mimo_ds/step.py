@@ -51,17 +51,25 @@ class RngState:
 
 
 def _chunks(tokens: Tokens, size: int, device: torch.device) -> list[Tokens]:
-    n = tokens["input_ids"].shape[0]
-    return [{k: v[i : i + size].to(device) for k, v in tokens.items()} for i in range(0, n, size)]
+    """The field's chunks of `size` rows, each without its all-padding columns. The field is copied to the device
+    once (chunks are views of it) and the columns are found on the loader's CPU mask, so no chunk waits on the
+    device to learn its own shape."""
+    mask = tokens["attention_mask"]
+    on_device = {k: v.to(device, non_blocking=True) for k, v in tokens.items()}
+    chunks = []
+    for i in range(0, mask.shape[0], size):
+        first, last = _columns(mask[i : i + size])
+        chunks.append({k: v[i : i + size, first:last] for k, v in on_device.items()})
+    return chunks
 
 
-def _trim(tokens: Tokens) -> Tokens:
-    """Drop all-padding columns, so a chunk of short texts is not run at the batch's longest length."""
-    columns = tokens["attention_mask"].any(dim=0).nonzero()
+def _columns(mask: torch.Tensor) -> tuple[int, int]:
+    """The first and one-past-last column holding any token: a chunk of short texts is not run at the batch's
+    longest length."""
+    columns = mask.any(dim=0).nonzero()
     if not len(columns):
-        return tokens
-    first, last = int(columns.min()), int(columns.max()) + 1
-    return {k: v[:, first:last] for k, v in tokens.items()}
+        return 0, mask.shape[1]
+    return int(columns.min()), int(columns.max()) + 1
 
 
 def teacher_targets(objective: Objective, batch: Batch, teacher: Teacher | None) -> dict[str, torch.Tensor]:
@@ -80,8 +88,7 @@ def teacher_targets(objective: Objective, batch: Batch, teacher: Teacher | None)
 
 def _direct_backward(engine, objective: Objective, batch: Batch, targets: dict, weight: float) -> LossOutput:
     device = engine.device
-    student = {role: engine(**{k: v.to(device) for k, v in _trim(tokens).items()})
-               for role, tokens in batch.student.items()}
+    student = {role: engine(**_chunks(tokens, len(batch), device)[0]) for role, tokens in batch.student.items()}
     out = objective(student, {k: v.to(device) for k, v in targets.items()})
     engine.backward(out.loss * weight)
     return out
@@ -90,7 +97,7 @@ def _direct_backward(engine, objective: Objective, batch: Batch, targets: dict, 
 def _cached_backward(engine, objective: Objective, batch: Batch, targets: dict, weight: float,
                      mini_batch: int) -> LossOutput:
     device = engine.device
-    chunks = {role: [_trim(c) for c in _chunks(tokens, mini_batch, device)] for role, tokens in batch.student.items()}
+    chunks = {role: _chunks(tokens, mini_batch, device) for role, tokens in batch.student.items()}
     rng: dict[str, list[RngState]] = {f: [] for f in chunks}
     parts: dict[str, list[Embedded]] = {f: [] for f in chunks}
     with torch.no_grad():

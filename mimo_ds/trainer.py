@@ -36,6 +36,8 @@ from mimo_ds.data.teacher_cache import read_cache_meta, teacher_width
 from mimo_ds.distributed import agree_any, first_rank
 from mimo_ds.ds_config import (
     build_ds_config,
+    keeps_resident,
+    make_resident,
     offloads_optimizer,
     resolve_precision,
     zero_stage,
@@ -45,7 +47,7 @@ from mimo_ds.guard import StepGuard, is_finite
 from mimo_ds.jsonl import keep_until
 from mimo_ds.models.encoding import encode_texts
 from mimo_ds.models.loading import load_tokenizer
-from mimo_ds.models.student import Student, build_student
+from mimo_ds.models.student import Student, build_student, student_size
 from mimo_ds.models.teacher import Teacher
 from mimo_ds.objectives import Objective, build_objective, objective_class
 from mimo_ds.objectives.mimo import MimoSettings
@@ -193,8 +195,13 @@ def setup(cfg: RunConfig, resume_from: Path | None = None, overwrite: bool = Fal
 
     needs_live_teacher = cfg.teacher is not None and cfg.data.teacher_cache is None
     teacher = Teacher.load(cfg.teacher, device) if needs_live_teacher else None
+    teacher_dim = teacher_dim_for(cfg, teacher)
+    if zero_stage(ds) == 3:
+        numel, largest = student_size(cfg.student, teacher_dim, cfg.init_from)
+        if keeps_resident(cfg.student.resident_params, numel, resolve_precision(cfg.precision, device), device):
+            make_resident(ds, largest)
     hf_ds = HfDeepSpeedConfig(ds) if zero_stage(ds) == 3 else None
-    student = build_student(cfg.student, teacher_dim_for(cfg, teacher), cfg.init_from)
+    student = build_student(cfg.student, teacher_dim, cfg.init_from)
     tokenizer = load_tokenizer(str(cfg.init_from / STUDENT_DIR) if cfg.init_from else cfg.student.path,
                                trust_remote_code=cfg.student.trust_remote_code)
 
@@ -236,7 +243,8 @@ def _start_tracking(cfg: RunConfig, engine: DeepSpeedEngine, ds: dict[str, Any],
                     device: torch.device, resume_run_id: str | None) -> Tracker:
     params = {**cfg.model_dump(mode="json"), "world_size": world, "global_batch": ds["train_batch_size"],
               "zero_stage": zero_stage(ds), "precision": resolve_precision(cfg.precision, device),
-              "total_steps": steps}
+              "total_steps": steps,
+              "zero3_persistence_threshold": ds["zero_optimization"].get("stage3_param_persistence_threshold")}
     tags = {TAG_STAGE: str(cfg.stage), TAG_OBJECTIVE: cfg.objective.kind, TAG_RECIPE: cfg.name,
             **({TAG_LAMBDA: str(cfg.objective.lam)} if isinstance(cfg.objective, MimoSettings) else {}),
             **cfg.tracking.tags}

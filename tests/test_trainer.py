@@ -119,11 +119,14 @@ def _max_diff(a: dict, b: dict) -> float:
     return max((a[n] - b[n]).abs().max().item() for n in a)
 
 
+@pytest.mark.parametrize("resident", [True, False])
 @pytest.mark.parametrize("nproc, negatives", [(1, "local"), (2, "local"), (2, "global")])
-def test_cached_passes_equal_plain_computation(nproc, negatives, data, tmp_path):
+def test_cached_passes_equal_plain_computation(nproc, negatives, resident, data, tmp_path):
     """With dropout on, cached = chunks kept with grad (same masks via restored RNG); without dropout, both equal the
-    whole batch in one pass. Gradients compared, not parameters (Adam's first step hides gradient-scale errors)."""
-    common = [f"data.train={data['rows']}", f"output_dir={tmp_path / 'o'}", f"objective.negatives={negatives}"]
+    whole batch in one pass. Gradients compared, not parameters (Adam's first step hides gradient-scale errors).
+    Under ZeRO-3 with the student resident (gathered once per step) and gathered per forward alike."""
+    common = [f"data.train={data['rows']}", f"output_dir={tmp_path / 'o'}", f"objective.negatives={negatives}",
+              f"student.resident_params={str(resident).lower()}"]
     _launch(nproc, [str(PROBE), "grads", str(TINY / "stage2_mimo.yaml"), str(tmp_path / "drop.pt"), *common])
     _launch(nproc, [str(PROBE), "grads", str(TINY / "stage2_mimo.yaml"), str(tmp_path / "nodrop.pt"), *common,
                     *NO_DROPOUT])

