@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import random
 from collections import Counter
 from pathlib import Path
@@ -83,7 +82,7 @@ def test_mostly_bad_stops_where_the_hand_worked_bound_says():
     stops = []
     for k in range(2, 10):
         units = [("s0", 0, 20)] + [(f"s{i}", 20, 0) for i in range(1, k)]
-        p, se, *_ = ceiling.estimate(shard_counts(units))
+        _, se, *_ = ceiling.estimate(shard_counts(units))
         assert se == pytest.approx(1 / k)
         if ceiling.judge(shard_counts(units)) is not None:
             stops.append(k)

@@ -44,7 +44,9 @@ def test_bad_records_below_the_ceiling_are_skipped_and_reported(tmp_path):
     report = json.loads((out / "data_bad_records.json").read_text())
     assert report["by_shard"] == {BAD: {"truncated_shard": SHARD_SIZE}}  # every record of the shard, once
     assert report["bad_records"] == SHARD_SIZE and sum(report["by_rank"]) == SHARD_SIZE
-    assert report["read"]["good"] == N - SHARD_SIZE
+    # the rank whose slot lost a shard borrowed the records after its range, so both ranks made the same batches
+    assert report["read"]["borrowed"] > 0 and report["by_rank"].count(0) == 1
+    assert report["read"]["good"] + report["read"]["borrowed"] == N - SHARD_SIZE
     assert _metric(tmp_path / "runs.db", "data/bad_truncated_shard") == SHARD_SIZE
     assert _metric(tmp_path / "runs.db", "data/bad_records") == SHARD_SIZE
 
@@ -67,4 +69,4 @@ def test_preflight_refuses_a_shard_of_the_wrong_size(tmp_path):
     results = _wait(_launch(_args(tmp_path / "run", rows, fraction=0.5), world=1), timeout=120)
     code, err = results[0]
     assert code == 2, err[-2000:]
-    assert f"{BAD}: size" in err and "Traceback" not in err and "process group" not in err
+    assert f"({BAD}: " in err and "the index recorded" in err and "Traceback" not in err

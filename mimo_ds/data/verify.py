@@ -17,7 +17,6 @@ import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Literal
 
 from tqdm import tqdm
@@ -65,7 +64,7 @@ class _HashingReader:
 
     def finish(self) -> str:
         """Hash the rest of the file (what the tar reader left: end-of-archive padding, or all after a break)."""
-        while chunk := self.read(1 << 20):
+        while self.read(1 << 20):
             pass
         return self.digest.hexdigest()
 
