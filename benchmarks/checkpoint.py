@@ -13,23 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import socket
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from result_file import write_result
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def host_kind() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0).lower().replace(" ", "-")
-    return f"cpu-{os.cpu_count()}core"
 
 
 def folder_bytes(folder: Path) -> int:
@@ -82,15 +74,8 @@ def main() -> None:
     print(f"{result['student']:<40} {result['parameters']:>12,} {result['checkpoint_mib']:>9.1f} "
           f"{result['save_s']['median']:>7.2f} {result['restore_s']['median']:>9.2f}")
     import deepspeed
-    import torch
 
-    payload = {"benchmark": "checkpoint", "date": time.strftime("%Y-%m-%d"), "host": socket.gethostname(),
-               "host_kind": host_kind(), "platform": platform.platform(), "cpus": os.cpu_count(),
-               "torch": torch.__version__, "deepspeed": deepspeed.__version__, "results": [result]}
-    out = args.out or Path(__file__).parent / "results" / host_kind() / "checkpoint.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_result("checkpoint", {"versions": {"deepspeed": deepspeed.__version__}, "results": [result]}, args.out)
 
 
 if __name__ == "__main__":

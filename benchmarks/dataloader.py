@@ -11,27 +11,18 @@ numbers can be compared with the trainer's consumption rate (design goal: ≥ 10
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import random
-import socket
 import tempfile
 import time
 from pathlib import Path
+
+from result_file import write_result
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 LANGS = ("ar", "de", "en", "es", "fr", "hi", "id", "it", "ja", "nl", "pt", "ru", "vi", "zh")
 WORDS = "the of retrieval model language passage query answer question search data embedding cross lingual".split()
-
-
-def host_kind() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0).lower().replace(" ", "-")
-    return f"cpu-{os.cpu_count()}core"
 
 
 def synthetic_rows(n: int, seed: int = 0):
@@ -99,24 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     Console().print(table)
 
     import tokenizers
-    import torch
     import transformers
 
-    kind = host_kind()
-    out = args.out or Path(__file__).parent / "results" / kind / "dataloader.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "benchmark": "dataloader",
-        "host": {"kind": kind, "hostname": socket.gethostname(), "cpus": os.cpu_count(), "platform": platform.platform(),
-                 "python": platform.python_version(), "torch": torch.__version__,
-                 "transformers": transformers.__version__, "tokenizers": tokenizers.__version__},
-        "settings": {"rows": args.rows, "shard_size": args.shard_size, "batch_size": args.batch_size,
-                     "objective": "mimo", "tokenizer": args.tokenizer, "languages": len(LANGS)},
-        "results": results,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    out.write_text(json.dumps(payload, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_result("dataloader", {"versions": {"transformers": transformers.__version__,
+                                             "tokenizers": tokenizers.__version__},
+                                "settings": {"rows": args.rows, "shard_size": args.shard_size,
+                                             "batch_size": args.batch_size, "objective": "mimo",
+                                             "tokenizer": args.tokenizer, "languages": len(LANGS)},
+                                "results": results}, args.out)
     return 0
 
 

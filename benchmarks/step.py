@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +26,8 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+
+from result_file import write_result
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -42,14 +42,6 @@ ENGINES = {"zero3": ("zero3.json", "false"), "zero3-resident": ("zero3.json", "t
 PEERS = {"distill": "plain PyTorch loop", "mimo": "ST CachedMNRL + distill", "xlco": "ST CachedMNRL"}
 LANGUAGES = ("en", "de", "fr", "es", "it", "pt", "nl", "ru", "ja", "zh")
 WARMUP = 3
-
-
-def host_kind() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0).lower().replace(" ", "-")
-    return f"cpu-{os.cpu_count()}core"
 
 
 # -- the peers ------------------------------------------------------------------------------------------------------
@@ -147,7 +139,7 @@ def worker(args: argparse.Namespace) -> dict:
     kind = args.objective
     data = args.data / ("pairs" if kind == "distill" else "rows")
     overrides = [f"data.train={data}", f"output_dir={args.data / 'out' / kind}", "tracking.enabled=false", "init_from=null",
-                 "eval.benchmarks=[]", f"deepspeed={ROOT / 'ds_configs' / ds_json}", f"student.resident_params={resident}",
+                 "eval.benchmarks=[]", "data.teacher_cache=null", f"deepspeed={ROOT / 'ds_configs' / ds_json}", f"student.resident_params={resident}",
                  f"student.path={args.student}", f"student.max_length={args.max_length}", f"batch.per_device={args.batch}",
                  "data.num_workers=0", f"max_steps={args.reps + WARMUP}", "epochs=1000", "precision=fp32"]
     if kind == "distill":
@@ -238,20 +230,14 @@ def main() -> None:
                       f"ratio {r['ratio']:.2f}", flush=True)
     import deepspeed
     import sentence_transformers
-    import torch
 
-    payload = {"benchmark": "step", "date": time.strftime("%Y-%m-%d"), "host": socket.gethostname(),
-               "host_kind": host_kind(), "platform": platform.platform(), "cpus": os.cpu_count(),
-               "load_average": os.getloadavg(), "torch": torch.__version__, "deepspeed": deepspeed.__version__,
-               "sentence_transformers": sentence_transformers.__version__, "results": results}
-    out = args.out or Path(__file__).parent / "results" / host_kind() / "step.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=1) + "\n")
+    write_result("step", {"versions": {"deepspeed": deepspeed.__version__,
+                                       "sentence_transformers": sentence_transformers.__version__},
+                          "results": results}, args.out)
     print(f"\n{'objective':9s} {'engine':15s} {'ours s':>7s} {'peer':24s} {'peer s':>7s} {'ours/peer':>9s}")
     for r in results:
         print(f"{r['objective']:9s} {r['engine']:15s} {r['ours_s']:7.3f} {r['peer']:24s} {r['peer_s']:7.3f} "
               f"{r['ratio']:9.2f}")
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -11,15 +11,12 @@ can reach; a cold read of a network filesystem is slower. Prints a table and wri
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import socket
 import tempfile
 import time
 from pathlib import Path
 
-from dataloader import host_kind, synthetic_rows
+from dataloader import synthetic_rows
+from result_file import write_result
 
 
 def measure(folder: Path, mode: str, workers: int) -> dict:
@@ -67,20 +64,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['seconds']:.2f}")
     Console().print(table)
 
-    kind = host_kind()
-    out = args.out or Path(__file__).parent / "results" / kind / "verify.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "benchmark": "verify",
-        "host": {"kind": kind, "hostname": socket.gethostname(), "cpus": os.cpu_count(), "platform": platform.platform(),
-                 "python": platform.python_version(), "load_average": os.getloadavg()},
-        "settings": {"rows": args.rows, "shard_size": args.shard_size, "repeats": args.repeats,
-                     "page_cache": "warm (shards just written)"},
-        "results": results,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    out.write_text(json.dumps(payload, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_result("verify", {"settings": {"rows": args.rows, "shard_size": args.shard_size, "repeats": args.repeats,
+                                         "page_cache": "warm (shards just written)"},
+                            "results": results}, args.out)
     return 0
 
 

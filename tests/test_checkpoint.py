@@ -297,7 +297,9 @@ def test_a_nan_step_is_skipped_on_every_rank_and_counted(rows, tmp_path):
                  "checkpoint.every_steps=null", "data.audit=false")
     results = _run(args, script=[str(DRIVERS / "nan_objective.py")])
     assert [code for code, _ in results] == [0, 0], results[1][1][-3000:]
-    history = {h["step"]: h for h in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+    history: dict[int, dict] = {}  # the last step has a second line: the run's end-of-run metrics
+    for h in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()):
+        history.setdefault(h["step"], {}).update(h)
     assert [history[s]["guard/skipped_steps"] for s in (2, 3, 4, STEPS)] == [0.0, 1.0, 1.0, 1.0]
     assert history[4]["lr"] == history[3]["lr"]  # the skipped step did not advance the schedule
     assert all(torch.isfinite(w).all() for w in _weights(out).values())
