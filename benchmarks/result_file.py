@@ -27,17 +27,41 @@ def host() -> dict[str, Any]:
     """The machine and the load on it when the result was written (a busy machine explains slow numbers)."""
     import torch
 
-    return {"kind": host_kind(), "hostname": socket.gethostname(), "cpus": os.cpu_count(),
-            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "load_average": list(os.getloadavg())}
+    record = {"kind": host_kind(), "hostname": socket.gethostname(), "cpus": os.cpu_count(),
+              "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+              "load_average": list(os.getloadavg())}
+    if torch.cuda.is_available():
+        record["gpu"] = gpu()
+    return record
 
 
-def write_result(name: str, payload: dict[str, Any], out: Path | None = None) -> Path:
+def gpu() -> dict[str, Any]:
+    """The GPU, its driver and the CUDA/Triton versions the numbers were taken with."""
+    import subprocess
+
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                         capture_output=True, text=True, check=False)
+    return {"name": props.name, "capability": f"{props.major}.{props.minor}", "memory_bytes": props.total_memory,
+            "multiprocessors": props.multi_processor_count, "cuda": torch.version.cuda,
+            "driver": smi.stdout.strip() or None, "triton": triton_version}
+
+
+def write_result(name: str, payload: dict[str, Any], out: Path | None = None, quiet: bool = False) -> Path:
     """Write `payload` with the benchmark's name, the host and the time to `out` (default
-    `results/<host kind>/<name>.json`); returns the path."""
+    `results/<host kind>/<name>.json`); returns the path. `quiet` for the partial rewrites of a long run."""
     path = out or RESULTS / host_kind() / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"benchmark": name, "host": host(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **payload}
     path.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {path}")
+    if not quiet:
+        print(f"wrote {path}")
     return path

@@ -1,4 +1,4 @@
-"""InfoNCE as an autograd Function over three primitives, and the public `infonce_loss`.
+"""InfoNCE as an autograd Function over two backend primitives, and the public `infonce_loss`.
 
 Contract: loss_i = logsumexp_j(scale·q_i·k_j) − scale·q_i·k_{label_i}, labels defaulting to arange(M) + label_offset
 so that local rows can be scored against keys gathered from all ranks (`mimo_ds.distributed.gather_keys`).
@@ -7,94 +7,127 @@ Design: the forward pass computes only the per-row LSE (fp32, [M]); the backward
 (q, k, lse), FlashAttention/Inf-CL style. Liger-style "gradients in the forward pass" was considered and rejected:
 a row's probabilities are unknown until its LSE over *all* keys is known, so a fused forward still needs a second
 sweep over the keys, i.e. the same FLOPs as recompute-in-backward, while it would also pay for gradients in no-grad
-calls (evaluation, logging) and need a fallback for reduction="none". The backward produces the row gradient and the
-key gradient in two separate sweeps (row-parallel and key-parallel) so no atomics are needed; a gradient nobody
-asked for (locked keys, frozen rows) is not computed at all, decided from `ctx.needs_input_grad`.
+calls (evaluation, logging) and need a fallback for reduction="none".
 
-The positive term, the margin's reference score and the scale are handled here, outside the primitives:
-  dq_i = scale·(row_grad_i − g_i·k_{label_i});  dk_j = scale·(key_grad_j − Σ_{i: label_i = j} g_i·q_i);
-  dscale = Σ_i g_i·(q_i·(Σ_j p_ij k_j) − q_i·k_{label_i}),
-which is also q·dq/scale (or k·dk/scale), so a learnable scale costs no extra sweep.
+A backend (`chunked.ChunkedOps`, `triton_infonce.TritonOps`) provides two primitives: `lse` and `probs`, the
+g-weighted probabilities of one chunk of rows against all keys. `_backward` is the one sweep over row chunks both
+backends share: per chunk P, dq_chunk = scale·(P·K − g·k_label) and dk += Pᵀ·Q_chunk, as GEMMs with fp32 output,
+then dk = scale·(dk − Σ_{i: label_i = j} g_i·q_i). dscale = Σ_i q_i·dq_i / scale, so a learnable scale costs no
+extra sweep. Gradients nobody asked for (locked keys, frozen rows) are not computed (`ctx.needs_input_grad`). The
+row gradient is finished chunk by chunk, so the only full-size temporary is the fp32 key accumulator [N, d].
 """
 
 from __future__ import annotations
 
 import os
-from types import ModuleType
 
 import torch
 from torch import Tensor
 
-from . import chunked
+from .chunked import DEFAULT_CHUNK, ChunkedOps
 
 _REDUCTIONS = ("mean", "sum", "none")
 _BACKENDS = ("auto", "triton", "torch")
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_MIXED_GEMM = {"ok": True}  # set False the first time torch refuses a bf16/fp16 GEMM with fp32 output
+
+
+def _gemm(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
+    """a·b into fp32 (`out` += a·b when given): 16-bit operands stay on the tensor cores with fp32 output (torch's
+    `out_dtype`, CUDA only); fp32 operands, CPU tensors and a torch without `out_dtype` take the up-cast."""
+    if a.dtype == b.dtype and a.dtype in (torch.float16, torch.bfloat16) and a.is_cuda and _MIXED_GEMM["ok"]:
+        try:
+            if out is None:
+                return torch.mm(a, b, out_dtype=torch.float32)
+            return torch.addmm(out, a, b, out_dtype=torch.float32, out=out)
+        except (RuntimeError, TypeError):
+            _MIXED_GEMM["ok"] = False
+    a, b = a.float(), b.float()
+    return a @ b if out is None else out.addmm_(a, b)
+
+
+def _add_key_grad(key_grad: Tensor, p: Tensor, q: Tensor, labels: Tensor, g: Tensor) -> None:
+    """key_grad += pᵀ·q − (the positive term g_i·q_i at each row's label) for one chunk of rows."""
+    _gemm(p.T, q, key_grad)
+    key_grad.index_add_(0, labels, (q * g[:, None]).float(), alpha=-1.0)
+
+
+def _backward(ops, q: Tensor, k: Tensor, s: Tensor, labels: Tensor, pos: Tensor, margin: float | None, lse: Tensor,
+              g: Tensor, need_q: bool, need_k: bool, need_s: bool) -> tuple[Tensor | None, ...]:
+    """(dq, dk, dscale) by one sweep over row chunks (see the module docstring)."""
+    rows = need_q or (need_s and not need_k)
+    dq = torch.empty_like(q) if need_q else None
+    key_grad = torch.zeros(k.shape, dtype=torch.float32, device=k.device) if need_k else None
+    ds = torch.zeros((), dtype=torch.float32, device=q.device) if need_s else None
+    chunk = ops.chunk_rows(q.shape[0], k.shape[0], q.dtype)
+    for start in range(0, q.shape[0], chunk):
+        sl = slice(start, start + chunk)
+        p = ops.probs(q[sl], k, s, labels[sl], pos[sl], margin, lse[sl], g[sl])
+        if key_grad is not None:
+            _add_key_grad(key_grad, p, q[sl], labels[sl], g[sl])
+        if rows:
+            row_grad = _gemm(p, k)
+            row_grad.sub_((k.index_select(0, labels[sl]) * g[sl, None]).float())
+            if need_s:
+                ds += (row_grad * q[sl]).float().sum()
+            if need_q:
+                dq[sl] = row_grad.mul_(s)
+    dk = None
+    if key_grad is not None:
+        if need_s and not rows:
+            ds = (key_grad * k).float().sum()
+        dk = key_grad.mul_(s).to(k.dtype)
+    return dq, dk, ds
 
 
 class _InfoNCE(torch.autograd.Function):
     """Per-row InfoNCE loss [M] fp32 with hand-written gradients for q, k and a 0-dim scale."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, scale: Tensor, labels: Tensor, margin: float | None,
-                ops: ModuleType, opts: dict) -> Tensor:
+    def forward(ctx, q: Tensor, k: Tensor, scale: Tensor, labels: Tensor, margin: float | None, ops) -> Tensor:
         s = scale.detach().float()
         pos = (q.float() * k.index_select(0, labels).float()).sum(1)
-        lse = ops.lse(q, k, s, labels, pos, margin, **opts)
+        lse = ops.lse(q, k, s, labels, pos, margin)
         ctx.save_for_backward(q, k, s, labels, pos, lse)
-        ctx.margin, ctx.ops, ctx.opts, ctx.scale_dtype = margin, ops, opts, scale.dtype
+        ctx.margin, ctx.ops, ctx.scale_dtype = margin, ops, scale.dtype
         return lse - s * pos
 
     @staticmethod
     def backward(ctx, g: Tensor):
         q, k, s, labels, pos, lse = ctx.saved_tensors
         need_q, need_k, need_s = ctx.needs_input_grad[:3]
-        g = g.float().contiguous()
-        args = (q, k, s, labels, pos, ctx.margin, lse, g)
-        dq = dk = ds = None
-        if need_k:
-            kg = ctx.ops.key_grad(*args, **ctx.opts)
-            kg.index_add_(0, labels, q.float() * g[:, None], alpha=-1.0)
-            dk = (s * kg).to(k.dtype)
-            if need_s and not need_q:
-                ds = (k.float() * kg).sum()
-        if need_q or (need_s and ds is None):
-            rg = ctx.ops.row_grad(*args, **ctx.opts)
-            rg -= k.index_select(0, labels).float() * g[:, None]
-            if need_q:
-                dq = (s * rg).to(q.dtype)
-            if need_s:
-                ds = (q.float() * rg).sum()
+        dq, dk, ds = _backward(ctx.ops, q, k, s, labels, pos, ctx.margin, lse, g.float().contiguous(),
+                               need_q, need_k, need_s)
         if ds is not None:
             ds = ds.to(ctx.scale_dtype)
-        return dq, dk, ds, None, None, None, None
+        return dq, dk, ds, None, None, None
 
 
-def _triton_ops() -> ModuleType:
-    from . import triton_infonce  # imported lazily: triton is optional and slow to import
+def _triton_ops(**options):
+    from .triton_infonce import TritonOps  # imported lazily: triton is optional and slow to import
 
-    return triton_infonce
+    return TritonOps(**options)
 
 
-def _select_ops(backend: str, q: Tensor) -> ModuleType:
+def _select_ops(backend: str, q: Tensor, **triton_options):
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
     if backend == "torch":
-        return chunked
+        return ChunkedOps()
     if backend == "auto":
         if not q.is_cuda:
-            return chunked
+            return ChunkedOps()
         try:
-            return _triton_ops()
+            return _triton_ops(**triton_options)
         except ImportError:
-            return chunked
+            return ChunkedOps()
     if q.dtype not in _TRITON_DTYPES:
         raise ValueError(f"the triton backend takes {_TRITON_DTYPES}, got {q.dtype}")
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
     if q.is_cuda == interpreting:
         raise ValueError("the triton backend needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set "
                          f"before triton is imported (got {q.device}, TRITON_INTERPRET={interpreting})")
-    return _triton_ops()
+    return _triton_ops(**triton_options)
 
 
 def _check(q: Tensor, k: Tensor, labels: Tensor | None, label_offset: int, reduction: str) -> None:
@@ -115,8 +148,7 @@ def _check(q: Tensor, k: Tensor, labels: Tensor | None, label_offset: int, reduc
 
 
 def _infonce(q: Tensor, k: Tensor, *, scale: Tensor | float, labels: Tensor | None, label_offset: int,
-             symmetric: bool, lock_keys: bool, margin: float | None, reduction: str, ops: ModuleType,
-             opts: dict) -> Tensor:
+             symmetric: bool, lock_keys: bool, margin: float | None, reduction: str, ops) -> Tensor:
     _check(q, k, labels, label_offset, reduction)
     rows = torch.arange(q.shape[0], device=q.device)
     labels = rows + label_offset if labels is None else labels.to(device=q.device, dtype=torch.long)
@@ -127,10 +159,10 @@ def _infonce(q: Tensor, k: Tensor, *, scale: Tensor | float, labels: Tensor | No
     if lock_keys:
         k = k.detach()
     q, k = q.contiguous(), k.contiguous()
-    loss = _InfoNCE.apply(q, k, scale, labels, margin, ops, opts)
+    loss = _InfoNCE.apply(q, k, scale, labels, margin, ops)
     if symmetric:
         positives = k.index_select(0, labels)
-        loss = 0.5 * (loss + _InfoNCE.apply(positives, q, scale, rows, margin, ops, opts))
+        loss = 0.5 * (loss + _InfoNCE.apply(positives, q, scale, rows, margin, ops))
     if reduction == "mean":
         return loss.mean()
     if reduction == "sum":
@@ -159,28 +191,28 @@ def infonce_loss(q: Tensor, k: Tensor, *, scale: Tensor | float = 20.0, labels: 
     """
     ops = _select_ops(backend, q)
     return _infonce(q, k, scale=scale, labels=labels, label_offset=label_offset, symmetric=symmetric,
-                    lock_keys=lock_keys, margin=margin, reduction=reduction, ops=ops, opts={})
+                    lock_keys=lock_keys, margin=margin, reduction=reduction, ops=ops)
 
 
 def infonce_chunked(q: Tensor, k: Tensor, *, scale: Tensor | float = 20.0, labels: Tensor | None = None,
                     label_offset: int = 0, symmetric: bool = False, lock_keys: bool = False,
-                    margin: float | None = None, reduction: str = "mean",
-                    chunk: int = chunked.DEFAULT_CHUNK) -> Tensor:
+                    margin: float | None = None, reduction: str = "mean", chunk: int = DEFAULT_CHUNK) -> Tensor:
     """`infonce_loss` on the chunked PyTorch path with an explicit row chunk (peak temporary chunk×N fp32)."""
     return _infonce(q, k, scale=scale, labels=labels, label_offset=label_offset, symmetric=symmetric,
-                    lock_keys=lock_keys, margin=margin, reduction=reduction, ops=chunked,
-                    opts={"chunk": chunk})
+                    lock_keys=lock_keys, margin=margin, reduction=reduction, ops=ChunkedOps(chunk))
 
 
 def infonce_triton(q: Tensor, k: Tensor, *, scale: Tensor | float = 20.0, labels: Tensor | None = None,
                    label_offset: int = 0, symmetric: bool = False, lock_keys: bool = False,
                    margin: float | None = None, reduction: str = "mean",
-                   blocks: tuple[int, int, int] | None = None) -> Tensor:
-    """`infonce_loss` on the Triton path with fixed (BLOCK_M, BLOCK_N, BLOCK_D) instead of autotuning.
+                   blocks: tuple[int, int, int] | None = None, workspace_mb: float = 32) -> Tensor:
+    """`infonce_loss` on the Triton path, with its knobs exposed.
 
-    Used by the tests (small blocks in the interpreter, each ≥ 16 on a GPU) and for tuning experiments.
+    - blocks: fixed (BLOCK_M, BLOCK_N, BLOCK_D) instead of autotuning (tests: small blocks in the interpreter,
+      each ≥ 16 on a GPU).
+    - workspace_mb: the backward's probability workspace [rows, N]; it holds at least 1024 rows whatever the
+      budget (see `triton_infonce.chunk_rows`).
     """
-    ops = _select_ops("triton", q)
+    ops = _select_ops("triton", q, blocks=blocks, workspace_mb=workspace_mb)
     return _infonce(q, k, scale=scale, labels=labels, label_offset=label_offset, symmetric=symmetric,
-                    lock_keys=lock_keys, margin=margin, reduction=reduction, ops=ops,
-                    opts={} if blocks is None else {"blocks": blocks})
+                    lock_keys=lock_keys, margin=margin, reduction=reduction, ops=ops)

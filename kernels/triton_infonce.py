@@ -1,26 +1,26 @@
-"""Triton kernels for the three InfoNCE primitives; same contract and notation as `chunked.py`.
+"""Triton kernels for the InfoNCE primitives; same contract and notation as `chunked.py`.
 
-Every kernel streams score tiles z = scale·q·kᵀ of BLOCK_M rows × BLOCK_N keys, each tile a small GEMM whose inner
-loop runs over d in BLOCK_D slices (d up to thousands does not have to fit in registers). Nothing of size M×N is
-ever written to memory:
+Both kernels stream score tiles z = scale·q·kᵀ of BLOCK_M rows × BLOCK_N keys, each tile a GEMM whose inner loop
+runs over d in BLOCK_D slices (d up to thousands does not have to fit in registers):
 - `_lse_kernel`, one program per row block: online max/sum over the key tiles (base-2 exponentials, fp32), writes
-  lse [M].
-- `_row_grad_kernel`, one program per row block: recomputes each tile, p = exp(z − lse)·g, and adds p·K_tile into
-  its own rows of an fp32 [M, d] output, slice by slice of d.
-- `_key_grad_kernel`, one program per key block: the transpose, pᵀ·Q_tile into its own keys of an fp32 [N, d].
-Each program owns its output rows, so no atomics. The d-slices of the output accumulator live in global memory
-(L2-resident for the rows in flight) because a [BLOCK, d] fp32 accumulator does not fit in registers for d = 1024.
+  lse [M]. Nothing of size M×N is written.
+- `_probs_kernel`, one program per tile of a chunk of rows × all keys: g·exp(z − lse) in the input dtype into a
+  bounded workspace [chunk, N]; the backward driver (`infonce.py`) turns each chunk into both gradients with two
+  plain GEMMs (cuBLAS, bf16/fp16 operands, fp32 output). 8MNd FLOPs per forward+backward in all, each at GEMM
+  rate; the price is the workspace (`workspace_mb`, at least MIN_CHUNK rows) and an fp32 key-gradient accumulator.
+  A fully fused backward (nothing M×N written: row- and key-parallel recompute sweeps accumulating [block, d] fp32
+  in global memory, 10MNd) was built and measured 3.8-4.8× slower on an H100 (docs/kernel.md), and removed.
 
-The margin mask compares raw dot products (q·k_j > q·k_pos + margin, label column always kept). Probabilities are
-cast to the input dtype before the p·K product (tensor cores, as FlashAttention does); accumulation stays fp32.
-fp32 inputs use IEEE fp32 dots, not tf32. Under TRITON_INTERPRET=1 (CPU tests) tiles are up-cast to fp32 before
-`tl.dot`, because the interpreter multiplies bf16 bit patterns as integers, and autotuning is off (one config:
-the `blocks` argument, default 16×16×16); on GPU the kernels are autotuned unless `blocks` is given.
+The margin mask compares raw dot products (q·k_j > q·k_pos + margin, label column always kept). fp32 inputs use
+IEEE fp32 dots, not tf32. Under TRITON_INTERPRET=1 (CPU tests) tiles are up-cast to fp32 before `tl.dot`, because
+the interpreter multiplies bf16 bit patterns as integers, and autotuning is off (one config: the `blocks`
+argument, default 16×16×16); on GPU the kernels are autotuned unless `blocks` is given.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -59,7 +59,7 @@ def _kept(raw, row_ok, cols, col_ok, lbl, pos, margin, HAS_MARGIN: tl.constexpr)
 
 
 @triton.jit
-def _lse_kernel(Q, K, LBL, POS, SCALE, LSE, M, N, D, stride_q, stride_k, margin,
+def _lse_kernel(Q, K, LBL, POS, SCALE, LSE, M, N, D, stride_q, stride_k, margin, TUNE_M, TUNE_N,
                 HAS_MARGIN: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -87,70 +87,27 @@ def _lse_kernel(Q, K, LBL, POS, SCALE, LSE, M, N, D, stride_q, stride_k, margin,
 
 
 @triton.jit
-def _row_grad_kernel(Q, K, LBL, POS, SCALE, LSE, G, OUT, M, N, D, stride_q, stride_k, stride_o, margin,
-                     HAS_MARGIN: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def _probs_kernel(Q, K, LBL, POS, SCALE, LSE, G, P, M, N, D, stride_q, stride_k, stride_p, margin, TUNE_M, TUNE_N,
+                  HAS_MARGIN: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One BLOCK_M × BLOCK_N tile of g_i·p_ij into the workspace P (rows of this chunk, all keys)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
     rows = rows.to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    cols = cols.to(tl.int64)
     scale2 = tl.load(SCALE) * 1.4426950408889634
     lbl = tl.load(LBL + rows, mask=row_ok, other=-1)
     pos = tl.load(POS + rows, mask=row_ok, other=0.0)
     lse2 = tl.load(LSE + rows, mask=row_ok, other=0.0) * 1.4426950408889634
     g = tl.load(G + rows, mask=row_ok, other=0.0)
-    for start in range(0, N, BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N)
-        col_ok = cols < N
-        cols = cols.to(tl.int64)
-        raw = _scores(Q, K, rows, cols, row_ok, col_ok, D, stride_q, stride_k,
-                      BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, PRECISION)
-        keep = _kept(raw, row_ok, cols, col_ok, lbl, pos, margin, HAS_MARGIN)
-        p = tl.where(keep, tl.exp2(raw * scale2 - lse2[:, None]), 0.0) * g[:, None]
-        for d0 in range(0, D, BLOCK_D):
-            offs = d0 + tl.arange(0, BLOCK_D)
-            d_ok = offs < D
-            k = tl.load(K + cols[:, None] * stride_k + offs[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-            if UPCAST:
-                k = k.to(tl.float32)
-            out_ptr = OUT + rows[:, None] * stride_o + offs[None, :]
-            out_mask = row_ok[:, None] & d_ok[None, :]
-            acc = tl.load(out_ptr, mask=out_mask, other=0.0)
-            acc = tl.dot(p.to(k.dtype), k, acc, input_precision=PRECISION)
-            tl.store(out_ptr, acc, mask=out_mask)
-
-
-@triton.jit
-def _key_grad_kernel(Q, K, LBL, POS, SCALE, LSE, G, OUT, M, N, D, stride_q, stride_k, stride_o, margin,
-                     HAS_MARGIN: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < N
-    cols = cols.to(tl.int64)
-    scale2 = tl.load(SCALE) * 1.4426950408889634
-    for start in range(0, M, BLOCK_M):
-        rows = start + tl.arange(0, BLOCK_M)
-        row_ok = rows < M
-        rows = rows.to(tl.int64)
-        lbl = tl.load(LBL + rows, mask=row_ok, other=-1)
-        pos = tl.load(POS + rows, mask=row_ok, other=0.0)
-        lse2 = tl.load(LSE + rows, mask=row_ok, other=0.0) * 1.4426950408889634
-        g = tl.load(G + rows, mask=row_ok, other=0.0)
-        raw = _scores(Q, K, rows, cols, row_ok, col_ok, D, stride_q, stride_k,
-                      BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, PRECISION)
-        keep = _kept(raw, row_ok, cols, col_ok, lbl, pos, margin, HAS_MARGIN)
-        p = tl.where(keep, tl.exp2(raw * scale2 - lse2[:, None]), 0.0) * g[:, None]
-        pt = tl.trans(p)
-        for d0 in range(0, D, BLOCK_D):
-            offs = d0 + tl.arange(0, BLOCK_D)
-            d_ok = offs < D
-            q = tl.load(Q + rows[:, None] * stride_q + offs[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-            if UPCAST:
-                q = q.to(tl.float32)
-            out_ptr = OUT + cols[:, None] * stride_o + offs[None, :]
-            out_mask = col_ok[:, None] & d_ok[None, :]
-            acc = tl.load(out_ptr, mask=out_mask, other=0.0)
-            acc = tl.dot(pt.to(q.dtype), q, acc, input_precision=PRECISION)
-            tl.store(out_ptr, acc, mask=out_mask)
+    raw = _scores(Q, K, rows, cols, row_ok, col_ok, D, stride_q, stride_k,
+                  BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, PRECISION)
+    keep = _kept(raw, row_ok, cols, col_ok, lbl, pos, margin, HAS_MARGIN)
+    p = tl.where(keep, tl.exp2(raw * scale2 - lse2[:, None]), 0.0) * g[:, None]
+    tl.store(P + rows[:, None] * stride_p + cols[None, :], p.to(P.dtype.element_ty),
+             mask=row_ok[:, None] & col_ok[None, :])
 
 
 def _gpu_configs() -> list[triton.Config]:
@@ -159,63 +116,85 @@ def _gpu_configs() -> list[triton.Config]:
             for m, n, d, w, s in shapes]
 
 
-def _tuned(kernel, zeroed: list[str]):
-    """Autotuned variant of a kernel on GPU (one autotune per (M, N, D, dtype)); None in the interpreter."""
+def _tile_configs() -> list[triton.Config]:
+    """GEMM-shaped tiles for the one-tile-per-program probability kernel (Hopper-sized first)."""
+    shapes = [(128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4),
+              (64, 256, 64, 4, 4), (128, 64, 64, 4, 4)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": d}, num_warps=w, num_stages=s)
+            for m, n, d, w, s in shapes]
+
+
+def _tuned(kernel, configs):
+    """Autotuned variant of a kernel on GPU, None in the interpreter. One autotune per (size bucket, D, flags,
+    dtypes): M and N enter as powers of two capped at TUNE_CAP (`_bucket`), because a tuning run times every config
+    on the real arguments, and at M = N = 256k one LSE trial takes a second."""
     if INTERPRET:
         return None
-    return triton.autotune(configs=_gpu_configs(), key=["M", "N", "D", "HAS_MARGIN", "PRECISION"],
-                           reset_to_zero=zeroed or None)(kernel)
+    return triton.autotune(configs=configs(), key=["TUNE_M", "TUNE_N", "D", "HAS_MARGIN", "PRECISION"])(kernel)
 
 
 _TUNED = {
-    _lse_kernel: _tuned(_lse_kernel, []),
-    _row_grad_kernel: _tuned(_row_grad_kernel, ["OUT"]),
-    _key_grad_kernel: _tuned(_key_grad_kernel, ["OUT"]),
+    _lse_kernel: _tuned(_lse_kernel, _gpu_configs),
+    _probs_kernel: _tuned(_probs_kernel, _tile_configs),
 }
+MIN_CHUNK = 1024
+TUNE_CAP = 65536
 
 
-def _launch(kernel, count: int, by: str, args: tuple, margin: float | None, dtype: torch.dtype,
+def _bucket(size: int) -> int:
+    return min(triton.next_power_of_2(size), TUNE_CAP)
+
+
+def _launch(kernel, grid, args: tuple, m: int, n: int, margin: float | None, dtype: torch.dtype,
             blocks: tuple[int, int, int] | None) -> None:
-    """Launch `kernel` over ceil(count / BLOCK_<by>) programs, autotuned unless blocks are given or interpreting."""
-    flags = {"HAS_MARGIN": margin is not None, "UPCAST": INTERPRET,
+    """Launch `kernel` on grid(meta) over an M × N problem, autotuned unless blocks are given or interpreting."""
+    flags = {"TUNE_M": _bucket(m), "TUNE_N": _bucket(n), "HAS_MARGIN": margin is not None, "UPCAST": INTERPRET,
              "PRECISION": "ieee" if dtype == torch.float32 or INTERPRET else "tf32"}
     tuned = _TUNED[kernel]
     if blocks is None and tuned is not None:
-        tuned[lambda meta: (triton.cdiv(count, meta[by]),)](*args, **flags)
+        tuned[grid](*args, **flags)
         return
     bm, bn, bd = blocks or DEFAULT_INTERPRET_BLOCKS
-    size = {"BLOCK_M": bm, "BLOCK_N": bn}[by]
-    kernel[(triton.cdiv(count, size),)](*args, **flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd)
+    meta = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd}
+    kernel[grid(meta)](*args, **flags, **meta)
 
 
-def lse(q: Tensor, k: Tensor, scale: Tensor, labels: Tensor, pos: Tensor, margin: float | None,
-        blocks: tuple[int, int, int] | None = None) -> Tensor:
-    """Per-row log-sum-exp of the kept logits, [M] fp32 (see `chunked.lse`)."""
-    (m, d), n = q.shape, k.shape[0]
-    out = torch.empty(m, dtype=torch.float32, device=q.device)
-    args = (q, k, labels, pos, scale, out, m, n, d, q.stride(0), k.stride(0), 0.0 if margin is None else margin)
-    _launch(_lse_kernel, m, "BLOCK_M", args, margin, q.dtype, blocks)
-    return out
+def chunk_rows(m: int, n: int, itemsize: int, workspace_mb: float) -> int:
+    """Rows per workspace chunk: what `workspace_mb` holds of [rows, N], at least MIN_CHUNK (or M), a multiple of 128.
+
+    The floor keeps the key-gradient GEMM's fp32 accumulate (N·d·8 bytes per chunk) small against its 2·rows·N·d
+    FLOPs; at N = 256k that means a 512 MiB bf16 workspace whatever `workspace_mb` says."""
+    rows = int(workspace_mb * 2**20) // max(1, n * itemsize)
+    return min(m, max(MIN_CHUNK, rows // 128 * 128))
 
 
-def _grad(kernel, rows_of: Tensor, by: str, q: Tensor, k: Tensor, scale: Tensor, labels: Tensor, pos: Tensor,
-          margin: float | None, lse_: Tensor, g: Tensor, blocks: tuple[int, int, int] | None) -> Tensor:
-    """Run a gradient kernel into an fp32 [len(rows_of), d] buffer, one program per block of `rows_of`'s rows."""
-    (m, d), n = q.shape, k.shape[0]
-    out = torch.zeros(rows_of.shape[0], d, dtype=torch.float32, device=rows_of.device)
-    args = (q, k, labels, pos, scale, lse_, g, out, m, n, d, q.stride(0), k.stride(0), out.stride(0),
-            0.0 if margin is None else margin)
-    _launch(kernel, rows_of.shape[0], by, args, margin, q.dtype, blocks)
-    return out
+@dataclass(frozen=True)
+class TritonOps:
+    """The Triton backend: fixed `blocks` (else autotuned) and the backward workspace's budget."""
 
+    blocks: tuple[int, int, int] | None = None
+    workspace_mb: float = 32
 
-def row_grad(q: Tensor, k: Tensor, scale: Tensor, labels: Tensor, pos: Tensor, margin: float | None,
-             lse_: Tensor, g: Tensor, blocks: tuple[int, int, int] | None = None) -> Tensor:
-    """Σ_j g_i·p_ij·k_j, [M, d] fp32 (see `chunked.row_grad`)."""
-    return _grad(_row_grad_kernel, q, "BLOCK_M", q, k, scale, labels, pos, margin, lse_, g, blocks)
+    def lse(self, q: Tensor, k: Tensor, scale: Tensor, labels: Tensor, pos: Tensor, margin: float | None) -> Tensor:
+        """Per-row log-sum-exp of the kept logits, [M] fp32."""
+        (m, d), n = q.shape, k.shape[0]
+        out = torch.empty(m, dtype=torch.float32, device=q.device)
+        args = (q, k, labels, pos, scale, out, m, n, d, q.stride(0), k.stride(0), 0.0 if margin is None else margin)
+        _launch(_lse_kernel, lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),), args, m, n, margin, q.dtype,
+                self.blocks)
+        return out
 
+    def chunk_rows(self, m: int, n: int, dtype: torch.dtype) -> int:
+        """Rows per backward chunk (`chunk_rows`)."""
+        return chunk_rows(m, n, dtype.itemsize, self.workspace_mb)
 
-def key_grad(q: Tensor, k: Tensor, scale: Tensor, labels: Tensor, pos: Tensor, margin: float | None,
-             lse_: Tensor, g: Tensor, blocks: tuple[int, int, int] | None = None) -> Tensor:
-    """Σ_i g_i·p_ij·q_i, [N, d] fp32 (see `chunked.key_grad`)."""
-    return _grad(_key_grad_kernel, k, "BLOCK_N", q, k, scale, labels, pos, margin, lse_, g, blocks)
+    def probs(self, q: Tensor, k: Tensor, scale: Tensor, labels: Tensor, pos: Tensor, margin: float | None,
+              lse_: Tensor, g: Tensor) -> Tensor:
+        """g_i·p_ij of the rows q (one chunk, a row slice) against all keys, [rows, N] in the input dtype."""
+        (m, d), n = q.shape, k.shape[0]
+        out = torch.empty(m, n, dtype=q.dtype, device=q.device)
+        args = (q, k, labels, pos, scale, lse_, g, out, m, n, d, q.stride(0), k.stride(0), out.stride(0),
+                0.0 if margin is None else margin)
+        _launch(_probs_kernel, lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"])),
+                args, m, n, margin, q.dtype, self.blocks)
+        return out

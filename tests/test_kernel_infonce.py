@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from mimo_ds.kernels import chunked, infonce_chunked, infonce_loss, infonce_reference, infonce_triton
+from mimo_ds.kernels import infonce as infonce_module
 from mimo_ds.kernels.reference import margin_mask
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -93,8 +94,13 @@ def _compare(fn, variant, dtype, device="cpu", shape=(M, N, D)):
         assert err <= bound, f"{variant} {dtype} {name}: err {err:.3g} > {bound:.3g} (seed {seed})"
 
 
-def _triton_small(q, k, **kw):
-    return infonce_triton(q, k, blocks=(16, 16, 16), **kw)
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Workspace chunks of 16 rows, so the M = 37 rows of the interpreter tests run through three chunks (the
+    chunked path's own tests use chunk = 8)."""
+    from mimo_ds.kernels import triton_infonce
+
+    monkeypatch.setattr(triton_infonce, "MIN_CHUNK", 16)
 
 
 def _chunked_small(q, k, **kw):
@@ -109,18 +115,27 @@ def test_chunked_matches_formula(variant, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_triton_matches_formula(variant, dtype):
+def test_triton_matches_formula(variant, dtype, small_chunks):
     if CUDA:
         pytest.skip("interpreter test; the GPU variant is test_triton_gpu_matches_formula")
-    _compare(_triton_small, variant, dtype)
+    _compare(lambda q, k, **kw: infonce_triton(q, k, blocks=(16, 16, 16), workspace_mb=1e-6, **kw), variant, dtype)
+
+
+def test_workspace_chunk_rows():
+    from mimo_ds.kernels.triton_infonce import MIN_CHUNK, chunk_rows
+
+    assert chunk_rows(300, 517, 2, 64) == 300  # fewer rows than one chunk
+    assert chunk_rows(2**16, 2**14, 2, 64) == 2048  # 64 MiB of bf16 [rows, 16384]
+    assert chunk_rows(2**18, 2**18, 2, 64) == MIN_CHUNK  # the floor, not 128 rows
+    assert chunk_rows(10**5, 3000, 4, 8) % 128 == 0
 
 
 @pytest.mark.parametrize("shape", [(1, 2, 3), (5, 70, 33), (17, 50, 9)])
-def test_triton_odd_shapes_and_blocks(shape):
+def test_triton_odd_shapes_and_blocks(shape, small_chunks):
     if CUDA:
         pytest.skip("interpreter test")
-    _compare(lambda q, k, **kw: infonce_triton(q, k, blocks=(8, 32, 16), **kw), "margin", torch.float32,
-             shape=shape)
+    _compare(lambda q, k, **kw: infonce_triton(q, k, blocks=(8, 32, 16), workspace_mb=1e-6, **kw), "margin",
+             torch.float32, shape=shape)
 
 
 def test_margin_variant_masks_some_but_not_all_negatives():
@@ -134,7 +149,7 @@ def test_lock_keys_skips_key_gradient_work(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("key gradient computed although keys are locked")
 
-    monkeypatch.setattr(chunked, "key_grad", forbidden)
+    monkeypatch.setattr(infonce_module, "_add_key_grad", forbidden)
     q, k, _, _ = _inputs(torch.float32)
     k.requires_grad_()
     q.requires_grad_()
@@ -148,7 +163,7 @@ def test_auto_backend_on_cpu_takes_the_chunked_path_and_is_right():
     from mimo_ds.kernels.infonce import _select_ops
 
     q, k, _, _ = _inputs(torch.float32)
-    assert _select_ops("auto", q) is chunked
+    assert isinstance(_select_ops("auto", q), chunked.ChunkedOps)
     torch.testing.assert_close(infonce_loss(q, k, backend="auto"), infonce_reference(q, k))
 
 
@@ -178,3 +193,13 @@ def test_shape_mismatch_is_named():
 def test_triton_gpu_matches_formula(variant, dtype, blocks):
     _compare(lambda q, k, **kw: infonce_triton(q, k, blocks=blocks, **kw), variant, dtype, device="cuda",
              shape=(300, 517, 1000))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("variant", ["plain", "all_none_reduction"])
+def test_triton_gpu_workspace_in_several_chunks(variant, dtype):
+    """2500 rows in workspace chunks of 1024, 1024 and 452 (the autotuner meets two chunk heights)."""
+    _compare(lambda q, k, **kw: infonce_triton(q, k, workspace_mb=1e-6, **kw), variant, dtype, device="cuda",
+             shape=(2500, 3001, 384))
