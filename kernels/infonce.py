@@ -29,6 +29,7 @@ from .chunked import DEFAULT_CHUNK, ChunkedOps
 _REDUCTIONS = ("mean", "sum", "none")
 _BACKENDS = ("auto", "triton", "torch")
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+POS_CHUNK = 4096
 _MIXED_GEMM = {"ok": True}  # set False the first time torch refuses a bf16/fp16 GEMM with fp32 output
 
 
@@ -72,6 +73,7 @@ def _backward(ops, q: Tensor, k: Tensor, s: Tensor, labels: Tensor, pos: Tensor,
                 ds += (row_grad * q[sl]).float().sum()
             if need_q:
                 dq[sl] = row_grad.mul_(s)
+        del p  # the next chunk's workspace is allocated while `p` still holds this one: two would be alive
     dk = None
     if key_grad is not None:
         if need_s and not rows:
@@ -80,13 +82,23 @@ def _backward(ops, q: Tensor, k: Tensor, s: Tensor, labels: Tensor, pos: Tensor,
     return dq, dk, ds
 
 
+def _positive_scores(q: Tensor, k: Tensor, labels: Tensor) -> Tensor:
+    """Raw q_i·k_{label_i} in fp32, POS_CHUNK rows at a time: up-casting the whole batch at once made three M×d fp32
+    temporaries, the largest allocation of the whole call (192 MiB at M = 16k, d = 1024 on the H100)."""
+    out = torch.empty(q.shape[0], dtype=torch.float32, device=q.device)
+    for start in range(0, q.shape[0], POS_CHUNK):
+        rows = slice(start, start + POS_CHUNK)
+        out[rows] = (q[rows].float() * k.index_select(0, labels[rows]).float()).sum(1)
+    return out
+
+
 class _InfoNCE(torch.autograd.Function):
     """Per-row InfoNCE loss [M] fp32 with hand-written gradients for q, k and a 0-dim scale."""
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, scale: Tensor, labels: Tensor, margin: float | None, ops) -> Tensor:
         s = scale.detach().float()
-        pos = (q.float() * k.index_select(0, labels).float()).sum(1)
+        pos = _positive_scores(q, k, labels)
         lse = ops.lse(q, k, s, labels, pos, margin)
         ctx.save_for_backward(q, k, s, labels, pos, lse)
         ctx.margin, ctx.ops, ctx.scale_dtype = margin, ops, scale.dtype
@@ -205,14 +217,17 @@ def infonce_chunked(q: Tensor, k: Tensor, *, scale: Tensor | float = 20.0, label
 def infonce_triton(q: Tensor, k: Tensor, *, scale: Tensor | float = 20.0, labels: Tensor | None = None,
                    label_offset: int = 0, symmetric: bool = False, lock_keys: bool = False,
                    margin: float | None = None, reduction: str = "mean",
-                   blocks: tuple[int, int, int] | None = None, workspace_mb: float = 32) -> Tensor:
+                   blocks: tuple[int, int, int] | None = None, workspace_mb: float = 32,
+                   lse_splits: int | None = None) -> Tensor:
     """`infonce_loss` on the Triton path, with its knobs exposed.
 
     - blocks: fixed (BLOCK_M, BLOCK_N, BLOCK_D) instead of autotuning (tests: small blocks in the interpreter,
       each ≥ 16 on a GPU).
     - workspace_mb: the backward's probability workspace [rows, N]; it holds at least 1024 rows whatever the
       budget (see `triton_infonce.chunk_rows`).
+    - lse_splits: how many key splits the forward's LSE kernel runs (None: `triton_infonce.lse_splits` decides
+      from the rows, the keys and the GPU's multiprocessors).
     """
-    ops = _select_ops("triton", q, blocks=blocks, workspace_mb=workspace_mb)
+    ops = _select_ops("triton", q, blocks=blocks, workspace_mb=workspace_mb, splits=lse_splits)
     return _infonce(q, k, scale=scale, labels=labels, label_offset=label_offset, symmetric=symmetric,
                     lock_keys=lock_keys, margin=margin, reduction=reduction, ops=ops)

@@ -96,11 +96,12 @@ def _compare(fn, variant, dtype, device="cpu", shape=(M, N, D)):
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """Workspace chunks of 16 rows, so the M = 37 rows of the interpreter tests run through three chunks (the
-    chunked path's own tests use chunk = 8)."""
+    """Workspace chunks (and positive-score chunks) of 16 rows, so the M = 37 rows of the interpreter tests run
+    through three chunks (the chunked path's own tests use chunk = 8)."""
     from mimo_ds.kernels import triton_infonce
 
     monkeypatch.setattr(triton_infonce, "MIN_CHUNK", 16)
+    monkeypatch.setattr(infonce_module, "POS_CHUNK", 16)
 
 
 def _chunked_small(q, k, **kw):
@@ -113,12 +114,39 @@ def test_chunked_matches_formula(variant, dtype):
     _compare(_chunked_small, variant, dtype)
 
 
+@pytest.mark.parametrize("splits", [1, 3], ids=["keys-whole", "keys-split"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_triton_matches_formula(variant, dtype, small_chunks):
+def test_triton_matches_formula(variant, dtype, splits, small_chunks):
+    """With 3 splits the LSE kernel runs over keys 0-15, 16-31 and 32-44 in separate programs, merged after."""
     if CUDA:
         pytest.skip("interpreter test; the GPU variant is test_triton_gpu_matches_formula")
-    _compare(lambda q, k, **kw: infonce_triton(q, k, blocks=(16, 16, 16), workspace_mb=1e-6, **kw), variant, dtype)
+    _compare(lambda q, k, **kw: infonce_triton(q, k, blocks=(16, 16, 16), workspace_mb=1e-6, lse_splits=splits,
+                                               **kw), variant, dtype)
+
+
+def test_lse_merge_of_splits_with_nothing_kept():
+    """A margin that drops every negative leaves each row only its positive: the splits without it carry -inf
+    maxima and zero sums into the merge, and the LSE must still be exactly scale·pos."""
+    if CUDA:
+        pytest.skip("interpreter test")
+    from mimo_ds.kernels.triton_infonce import TritonOps
+
+    q, k, _, _ = _inputs(torch.float32)
+    labels = torch.arange(M) + 5
+    pos = (q * k[labels]).sum(1)
+    scale = torch.tensor(17.0)
+    lse = TritonOps(blocks=(16, 16, 16), splits=3).lse(q, k, scale, labels, pos, margin=-10.0)
+    torch.testing.assert_close(lse, scale * pos)
+
+
+def test_lse_splits_fill_the_gpu_only_when_rows_do_not():
+    from mimo_ds.kernels.triton_infonce import lse_splits
+
+    assert lse_splits(65536, 65536, 132) == 1  # 512 row blocks
+    assert lse_splits(8192, 65536, 132) == 5  # 64 row blocks → about 2 programs per multiprocessor
+    assert lse_splits(100, 3000, 132) == 1  # too few keys to split
+    assert lse_splits(8192, 65536, None) == 1  # interpreter
 
 
 def test_workspace_chunk_rows():
@@ -197,9 +225,11 @@ def test_triton_gpu_matches_formula(variant, dtype, blocks):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("splits", [None, 3], ids=["keys-auto", "keys-split"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("variant", ["plain", "all_none_reduction"])
-def test_triton_gpu_workspace_in_several_chunks(variant, dtype):
-    """2500 rows in workspace chunks of 1024, 1024 and 452 (the autotuner meets two chunk heights)."""
-    _compare(lambda q, k, **kw: infonce_triton(q, k, workspace_mb=1e-6, **kw), variant, dtype, device="cuda",
-             shape=(2500, 3001, 384))
+def test_triton_gpu_workspace_in_several_chunks(variant, dtype, splits):
+    """2500 rows in workspace chunks of 1024, 1024 and 452 (the autotuner meets two chunk heights); with 3 splits
+    the LSE kernel runs the 3001 keys in parts of 1024, 1024 and 953."""
+    _compare(lambda q, k, **kw: infonce_triton(q, k, workspace_mb=1e-6, lse_splits=splits, **kw), variant, dtype,
+             device="cuda", shape=(2500, 3001, 384))

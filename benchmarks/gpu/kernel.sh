@@ -14,7 +14,7 @@ if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
-timeout "${TEST_S:-200}" $PY -m pytest -m gpu tests/test_kernel_infonce.py -q -p no:cacheprovider \
+timeout "${TEST_S:-200}" $PY -m pytest -m gpu tests/test_kernel_infonce.py -v -rf -p no:cacheprovider \
   --junitxml="$OUT/gpu_tests.xml" > "$OUT/gpu_tests.log" 2>&1
 echo "gpu tests rc=$?"
 timeout "${BENCH_S:-330}" $PY benchmarks/infonce.py --dims "${DIMS:-1024,384}" --out "$OUT/infonce.json" \
