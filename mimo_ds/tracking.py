@@ -27,17 +27,25 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
-from mlflow.utils.async_logging.run_operations import RunOperations
-from mlflow.utils.validation import (
-    MAX_ENTITY_KEY_LENGTH,
-    MAX_METRICS_PER_BATCH,
-    MAX_PARAM_VAL_LENGTH,
-    MAX_PARAMS_TAGS_PER_BATCH,
-    MAX_TAG_VAL_LENGTH,
-)
+try:
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.async_logging.run_operations import RunOperations
+    from mlflow.utils.validation import (
+        MAX_ENTITY_KEY_LENGTH,
+        MAX_METRICS_PER_BATCH,
+        MAX_PARAM_VAL_LENGTH,
+        MAX_PARAMS_TAGS_PER_BATCH,
+        MAX_TAG_VAL_LENGTH,
+    )
+except ImportError as _missing:  # a run with `tracking.enabled: false` needs no MLflow (e.g. a GPU image without it)
+    _MLFLOW_MISSING: ImportError | None = _missing
+    # MLflow 3's limits, for the name helpers that work without it
+    MAX_ENTITY_KEY_LENGTH, MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH = 250, 1000, 6000
+    MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH = 100, 8000
+else:
+    _MLFLOW_MISSING = None
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +216,9 @@ class Tracker:
         """
         if not cfg.enabled:
             return cls(None, None)
+        if _MLFLOW_MISSING is not None:
+            raise ImportError(f"tracking is enabled but MLflow cannot be imported ({_MLFLOW_MISSING}): install "
+                              "mlflow, or set tracking.enabled=false") from _MLFLOW_MISSING
         rank, world = _dist_state()
         created: dict[str, str] = {}
         error: str | None = None

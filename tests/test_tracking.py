@@ -146,3 +146,26 @@ def test_un_initialised_multi_process_launch_is_refused(workdir, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RuntimeError, match="init_process_group"):
         Tracker.start(_cfg(), params={}, tags={})
+
+
+def test_without_mlflow_a_disabled_run_starts_and_an_enabled_one_is_named(tmp_path):
+    """A machine without MLflow (the lent GPU image) trains with tracking off; with tracking on it is told why not."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["mlflow"] = None  # import mlflow now raises ImportError
+        from mimo_ds.config import TrackingConfig
+        from mimo_ds.tracking import Tracker
+        Tracker.start(TrackingConfig(enabled=False), params={}, tags={})
+        try:
+            Tracker.start(TrackingConfig(enabled=True), params={}, tags={})
+        except ImportError as err:
+            print(err)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "tracking is enabled but MLflow cannot be imported" in done.stdout
+    assert "tracking.enabled=false" in done.stdout
