@@ -27,6 +27,22 @@ import torch.distributed as dist
 from torch import Tensor
 
 
+def init_process_group() -> None:
+    """DeepSpeed's `init_distributed`, minus the CPU shared-memory comm op it would JIT-build first.
+
+    On the CPU accelerator DeepSpeed compiles `deepspeed_shm_comm` (about 24 s on a fresh machine) that only its
+    `inference_all_reduce` uses; training never calls it. Worse, a build killed part-way (kill -9, a node lost) leaves
+    torch's extension lock behind, and every later start on that machine waits on it forever with no message.
+    Marking the op incompatible makes DeepSpeed fall back to the process group, which training uses anyway.
+    """
+    import deepspeed
+    from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+
+    if deepspeed.get_accelerator().device_name() == "cpu":
+        deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
+    deepspeed.init_distributed()
+
+
 def _active(group: dist.ProcessGroup | None) -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
 

@@ -33,7 +33,7 @@ from mimo_ds.data.batch import Batch
 from mimo_ds.data.loader import LoaderSpec, TrainLoader, build_train_loader
 from mimo_ds.data.shards import read_index
 from mimo_ds.data.teacher_cache import read_cache_meta, teacher_width
-from mimo_ds.distributed import agree_any, first_rank
+from mimo_ds.distributed import agree_any, first_rank, init_process_group
 from mimo_ds.ds_config import (
     build_ds_config,
     keeps_resident,
@@ -184,7 +184,7 @@ def setup(cfg: RunConfig, resume_from: Path | None = None, overwrite: bool = Fal
     import deepspeed
     from transformers.integrations import HfDeepSpeedConfig
 
-    deepspeed.init_distributed()
+    init_process_group()
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device(deepspeed.get_accelerator().device_name(int(os.environ.get("LOCAL_RANK", "0"))))
     if overwrite and resume_from is None and rank == 0:

@@ -65,17 +65,25 @@ def _launch(args: list[str], world: int = 2, script: list[str] | None = None) ->
     return procs
 
 
+def _kill(procs: list[subprocess.Popen]) -> None:
+    """SIGKILL every rank's process group still running, so a failed test leaves no rank (or its workers) behind."""
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:  # the whole group has already exited
+            pass
+
+
 def _wait(procs: list[subprocess.Popen], timeout: float = 420) -> list[tuple[int, str]]:
     deadline = time.monotonic() + timeout
     results = []
-    for p in procs:
-        try:
+    try:
+        for p in procs:
             _, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                os.killpg(q.pid, signal.SIGKILL)
-            raise
-        results.append((p.returncode, err))
+            results.append((p.returncode, err))
+    except BaseException:  # our own timeout, pytest-timeout's, or an interrupt
+        _kill(procs)
+        raise
     return results
 
 
@@ -93,13 +101,17 @@ def _logged_steps(out: Path) -> list[int]:
 
 def _wait_for_step(out: Path, step: int, procs: list[subprocess.Popen], timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (_logged_steps(out) or [0])[-1] >= step:
-            return
-        if any(p.poll() is not None for p in procs):
-            raise AssertionError(f"a rank ended before step {step}: {[p.communicate() for p in procs]}")
-        time.sleep(0.05)
-    raise AssertionError(f"step {step} not reached in {timeout}s")
+    try:
+        while time.monotonic() < deadline:
+            if (_logged_steps(out) or [0])[-1] >= step:
+                return
+            if any(p.poll() is not None for p in procs):
+                raise AssertionError(f"a rank ended before step {step}: {[p.communicate(timeout=60) for p in procs]}")
+            time.sleep(0.05)
+        raise AssertionError(f"step {step} not reached in {timeout}s")
+    except BaseException:
+        _kill(procs)
+        raise
 
 
 def _weights(out: Path) -> dict[str, torch.Tensor]:
@@ -176,8 +188,7 @@ def test_kill_9_both_ranks_then_resume_auto_equals_the_uninterrupted_run(rows, r
     out = tmp_path / "out"
     procs = _launch(_args(out, rows))
     _wait_for_step(out, kill_at, procs)
-    for p in procs:
-        os.killpg(p.pid, signal.SIGKILL)
+    _kill(procs)
     for p in procs:
         p.wait()
     assert complete_checkpoints(out), f"no complete checkpoint (kill at step {kill_at}, seed {seed})"
