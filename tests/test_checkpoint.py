@@ -9,7 +9,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,17 +28,12 @@ from mimo_ds.checkpoint import (
     resolve_resume,
 )
 from mimo_ds.signals import EXIT_PREEMPTED
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "tiny" / "stage2_mimo.yaml"
 DRIVERS = Path(__file__).parent / "drivers"
 STEPS, EVERY = 9, 3
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _args(out: Path, rows: Path, *extra: str) -> list[str]:
@@ -52,7 +46,7 @@ def _args(out: Path, rows: Path, *extra: str) -> list[str]:
 
 def _launch(args: list[str], world: int = 2, script: list[str] | None = None) -> list[subprocess.Popen]:
     """One process per rank, each in its own session (so a kill reaches its loader workers too)."""
-    port = _port()
+    port = free_port()
     procs = []
     for rank in range(world):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),

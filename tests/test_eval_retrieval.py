@@ -1,7 +1,6 @@
 """End to end: oracle encoders on built benchmarks, the collective encode/search on 2 gloo ranks, the hook."""
 
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from mimo_ds.eval.hook import evaluate
 from mimo_ds.eval.benchmark import write_benchmark
 from mimo_ds.eval.runner import evaluate_benchmark
 from mimo_ds.eval.search import distributed_top_k, top_k
+from ports import free_port
 
 LANGS = ["de", "en", "fr"]
 
@@ -79,12 +79,6 @@ def test_top_k_chunked_with_ties():
     torch.testing.assert_close(s, full.gather(1, ref_i))
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank, world, port, texts, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -97,7 +91,7 @@ def _worker(rank, world, port, texts, out_dir):
 
 def test_collective_encode_and_search_on_two_ranks(tmp_path):
     texts = [f"t {i} " + "x" * (i * 7 % 11) for i in range(7)]  # 7 texts: rank slices must be padded
-    mp.spawn(_worker, args=(2, _free_port(), texts, str(tmp_path)), nprocs=2)
+    mp.spawn(_worker, args=(2, free_port(), texts, str(tmp_path)), nprocs=2)
     r0, r1 = (torch.load(tmp_path / f"{r}.pt") for r in (0, 1))
     assert r0["calls"] == r1["calls"] == [(2, "passage"), (2, "passage")]  # same calls, same sizes
     ref = MeaningEncoder().encode(texts, "passage")

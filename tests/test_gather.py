@@ -8,7 +8,6 @@ gradients as DeepSpeed does. That average must equal the gradient of the full-ba
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 
 from mimo_ds.distributed import gather_keys
 from mimo_ds.kernels import infonce_loss, infonce_reference
+from ports import free_port
 
 WORLD = 2
 DIM_IN, DIM = 7, 5
@@ -81,16 +81,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_rank_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("gather")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
     return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
 
 

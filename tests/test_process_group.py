@@ -1,10 +1,11 @@
 """Starting the process group on CPU builds nothing, so a lock left by a killed JIT build cannot hang a start."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from ports import free_port
 
 CODE = """
 import torch.distributed as dist
@@ -14,12 +15,6 @@ print("world", dist.get_world_size())
 """
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_stale_shm_build_lock_does_not_hang_the_start(tmp_path: Path):
     # torch's FileBaton waits forever on this file; DeepSpeed's CPU backend would build the shm op under it.
     lock_dir = tmp_path / "ext" / "py311_cpu" / "deepspeed_shm_comm"
@@ -27,7 +22,7 @@ def test_a_stale_shm_build_lock_does_not_hang_the_start(tmp_path: Path):
     (lock_dir / "lock").touch()
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"), "DS_ACCELERATOR": "cpu", "RANK": "0",
            "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(_port())}
+           "MASTER_PORT": str(free_port())}
     done = subprocess.run([sys.executable, "-c", CODE], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "world 1" in done.stdout

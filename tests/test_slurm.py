@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 from corpus import make_pairs, make_rows
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE1, STAGE2 = ROOT / "slurm" / "stage1.sh", ROOT / "slurm" / "stage2.sh"
@@ -158,12 +159,6 @@ def test_outside_slurm_without_dry_run_refuses(no_slurm):
 # A real one-node cluster on localhost.
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _install_slurm() -> None:
     """Debian's packages when a daemon is missing; skip (saying why) only without root or without apt-get."""
     if all(shutil.which(d) for d in DAEMONS):
@@ -214,8 +209,8 @@ class Cluster:
         self.conf.write_text(f"""\
 ClusterName=mimotest
 SlurmctldHost={self.host}(127.0.0.1)
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
 AuthInfo=socket={socket_path},cred_expire=10
 SlurmUser=root
 StateSaveLocation={self.base / 'state'}

@@ -3,7 +3,6 @@ the teacher stays frozen and unpartitioned, stage 2 starts exactly from stage 1'
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from corpus import make_benchmark, make_pairs, make_rows
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny"
@@ -20,12 +20,6 @@ PROBE = Path(__file__).parent / "drivers" / "stage_probe.py"
 NO_DROPOUT = ["student.random_init.hidden_dropout_prob=0.0", "student.random_init.attention_probs_dropout_prob=0.0"]
 
 pytestmark = pytest.mark.slow
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env() -> dict[str, str]:
@@ -38,14 +32,14 @@ def _env() -> dict[str, str]:
 def _launch(nproc: int, target: list[str], launcher: str = "torchrun") -> subprocess.CompletedProcess:
     if nproc == 1:
         env = {**_env(), "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(_port())}
+               "MASTER_PORT": str(free_port())}
         cmd = [sys.executable, *target]
     elif launcher == "deepspeed":
-        env, cmd = _env(), ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(_port()), *target]
+        env, cmd = _env(), ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(free_port()), *target]
         cmd[0] = str(Path(sys.executable).parent / "deepspeed")
     else:
         env = _env()
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={_port()}",
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
                *target]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"

@@ -14,8 +14,10 @@ if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+# Each autotuned test compiles every config, so the tests share the GPU across pytest-xdist workers (the image has
+# xdist); --durations=0 says where a run's time went when it is cut short.
 timeout "${TEST_S:-200}" $PY -m pytest -m gpu tests/test_kernel_infonce.py -v -rf -p no:cacheprovider \
-  --junitxml="$OUT/gpu_tests.xml" > "$OUT/gpu_tests.log" 2>&1
+  -n "${TEST_WORKERS:-8}" --durations=0 --junitxml="$OUT/gpu_tests.xml" > "$OUT/gpu_tests.log" 2>&1
 echo "gpu tests rc=$?"
 timeout "${BENCH_S:-330}" $PY benchmarks/infonce.py --dims "${DIMS:-1024,384}" --out "$OUT/infonce.json" \
   > "$OUT/bench.log" 2>&1
