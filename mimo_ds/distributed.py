@@ -36,9 +36,10 @@ def init_process_group() -> None:
     Marking the op incompatible makes DeepSpeed fall back to the process group, which training uses anyway.
     """
     import deepspeed
-    from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
 
     if deepspeed.get_accelerator().device_name() == "cpu":
+        from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+
         deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
     deepspeed.init_distributed()
 
