@@ -25,11 +25,11 @@ import torch
 import torch.distributed as dist
 from transformers import PreTrainedTokenizerBase
 
+from mimo_ds.batch import Batch
 from mimo_ds.checkpoint import CheckpointManager
 from mimo_ds.config import RunConfig
 from mimo_ds.data.audit import AuditTrail
 from mimo_ds.data.bad_report import BAD_RECORDS_FILE, bad_record_report, report_metrics
-from mimo_ds.data.batch import Batch
 from mimo_ds.data.loader import LoaderSpec, TrainLoader, build_train_loader
 from mimo_ds.data.shards import read_index
 from mimo_ds.data.teacher_cache import read_cache_meta, teacher_width

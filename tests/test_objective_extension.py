@@ -13,10 +13,10 @@ import torch
 from corpus import make_rows
 from drivers.example_objective import SymmetricMimo
 
+from mimo_ds.batch import Embedded
 from mimo_ds.config import ConfigError, load_config
 from mimo_ds.data.loader import LoaderSpec, build_train_loader
 from mimo_ds.data.teacher_cache import check_run_cache, write_cache
-from mimo_ds.models.embedded import Embedded
 from mimo_ds.models.teacher import Teacher
 from mimo_ds.objectives import build_objective, objective_class
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-from mimo_ds.data.batch import Batch, Tokens
+from mimo_ds.batch import Batch, Tokens
 from mimo_ds.data.reading import Positioned
 from mimo_ds.data.teacher_cache import TeacherCache, teacher_texts
 from mimo_ds.objectives import Objective, role_texts

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from mimo_ds.data.batch import Batch
+from mimo_ds.batch import Batch
 from mimo_ds.data.ceiling import BORROWED, GOOD, NOT_BAD, ShardCounts, bad_only, merge
 from mimo_ds.data.collate import Collator
 from mimo_ds.data.plan import EpochPlan

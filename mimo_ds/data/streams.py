@@ -15,7 +15,7 @@ from typing import Iterator, NamedTuple
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from mimo_ds.data.batch import Batch
+from mimo_ds.batch import Batch
 from mimo_ds.data.ceiling import Ceiling, ShardCounts
 from mimo_ds.data.collate import Collator
 from mimo_ds.data.plan import EpochPlan

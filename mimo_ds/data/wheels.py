@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mimo_ds.catalogues import catalogue_table, django_catalogues
 from mimo_ds.data.filters import FilterReport, RawPair, Stage1Filters, filter_pairs, filter_rows
-from mimo_ds.data.gettext import MIN_ROW_WORDS, catalogue_table, django_catalogues, gettext_pairs, gettext_rows
+from mimo_ds.data.gettext import MIN_ROW_WORDS, gettext_pairs, gettext_rows
 from mimo_ds.data.shards import write_shards
 from mimo_ds.data.splits import HELDOUT_BUCKETS
 

@@ -26,9 +26,9 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from mimo_ds.batch import Embedded
 from mimo_ds.config_base import Strict
-from mimo_ds.data.schedules import RoleLanguages
-from mimo_ds.models.embedded import Embedded
+from mimo_ds.objectives.schedules import RoleLanguages
 
 ShardKind = Literal["pairs", "rows"]
 

@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from mimo_ds.models.embedded import Embedded
+from mimo_ds.batch import Embedded
 from mimo_ds.objectives.base import LossOutput, Objective, ObjectiveSettings, Role
 from mimo_ds.objectives.terms import distill_loss
 

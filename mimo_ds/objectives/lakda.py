@@ -15,16 +15,16 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from mimo_ds.data.schedules import (
+from mimo_ds.batch import Embedded
+from mimo_ds.objectives.base import LossOutput, Objective, ObjectiveSettings, Role
+from mimo_ds.objectives.mimo import NEGATIVES_HELP, Negatives
+from mimo_ds.objectives.schedules import (
     LAKDA_PASSAGE_STREAM,
     RoleLanguages,
     combine,
     cross_lingual,
     same_language,
 )
-from mimo_ds.models.embedded import Embedded
-from mimo_ds.objectives.base import LossOutput, Objective, ObjectiveSettings, Role
-from mimo_ds.objectives.mimo import NEGATIVES_HELP, Negatives
 from mimo_ds.objectives.terms import info_nce, language_kl
 
 

@@ -13,9 +13,9 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from mimo_ds.data.schedules import RoleLanguages, cross_lingual
-from mimo_ds.models.embedded import Embedded
+from mimo_ds.batch import Embedded
 from mimo_ds.objectives import LossOutput, Objective, ObjectiveSettings, Role
+from mimo_ds.objectives.schedules import RoleLanguages, cross_lingual
 from mimo_ds.objectives.terms import distill_loss, info_nce
 
 
