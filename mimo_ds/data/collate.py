@@ -37,15 +37,15 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> Tokens:
 
 
 class Collator:
-    """Records of one shard kind → `Batch` for `objective`. Picklable: a loader worker gets a copy, and opens the
+    """Records of `objective`'s kind → its `Batch`. Picklable: a loader worker gets a copy, and opens the
     teacher cache (memory maps are not for pickling) at its first batch."""
 
-    def __init__(self, objective: type[Objective], kind: str, languages: Sequence[str], seed: int, *,
+    def __init__(self, objective: type[Objective], languages: Sequence[str], seed: int, *,
                  student_tokenizer: Any, student_prompts: tuple[str, str], student_max_length: int,
                  teacher_tokenizer: Any, teacher_query_prompt: str, teacher_max_length: int,
                  teacher_cache: str | os.PathLike[str] | None) -> None:
         self.objective = objective
-        self.kind = kind
+        self.kind = objective.shards
         self.schedule = objective.schedule(languages, seed)
         self.student_tok = load_tokenizer(student_tokenizer, "student")
         self.student_prompts = student_prompts
@@ -57,12 +57,12 @@ class Collator:
         self._cache: TeacherCache | None = None
 
     def _languages(self, chunk: list[Positioned]) -> tuple[list[dict[str, str]] | None, dict[str, list[str]]]:
-        """Each row's language per student role (from the schedule, or a pair's own), and the same as lists."""
-        roles = [role.name for role in self.objective.student_roles]
+        """Each row's language per student role (from the schedule, or a tagged record's own), and the same as lists."""
+        roles = self.objective.student_roles
         if self.schedule is None:
-            return None, {role: [r["lang"] for _, r in chunk] for role in roles}
+            return None, {role.name: [self.kind.language(r, role.side) for _, r in chunk] for role in roles}
         plans = [self.schedule(pos) for pos, _ in chunk]
-        return plans, {role: [p[role] for p in plans] for role in roles}
+        return plans, {role.name: [p[role.name] for p in plans] for role in roles}
 
     def __call__(self, chunk: list[Positioned]) -> Batch:
         records = [r for _, r in chunk]

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Iterator, Sequence
 from mimo_ds.catalogues import catalogue_entries, catalogue_table, django_catalogues, django_locale, django_root
 from mimo_ds.data.filters import FilterReport, RawPair, RawRow, Stage1Filters, filter_pairs, filter_rows
 from mimo_ds.data.shards import write_shards
+from mimo_ds.record_kinds import PAIRS, ROWS, RecordKind, record_kind
 
 # MIMO's 14 languages: the demo's training languages and the mini-benchmark's default.
 DEMO_LANGUAGES = ("ar", "de", "en", "es", "fr", "hi", "id", "it", "ja", "nl", "pt", "ru", "vi", "zh")
@@ -71,7 +72,7 @@ def gettext_rows(catalogues: dict[str, Sequence[Path]], report: FilterReport) ->
 
 
 def build_gettext_shards(
-    catalogues: dict[str, Sequence[Path]], out_dir: str | os.PathLike[str], kind: str, *,
+    catalogues: dict[str, Sequence[Path]], out_dir: str | os.PathLike[str], kind: RecordKind | str, *,
     shard_size: int = 1000, filters: Stage1Filters | None = None, exclude_heldout: bool = False,
     seed: int | None = 42, id_prefix: str = "gettext", source: str = "gettext",
 ) -> Path:
@@ -79,21 +80,22 @@ def build_gettext_shards(
     the languages). Returns the index path."""
     catalogues = {lang: paths for lang, paths in catalogues.items() if lang != "en"}  # English is the msgid
     report = FilterReport()
-    if kind == "pairs":
+    kind = record_kind(kind)
+    if kind is PAIRS:
         filters = filters or Stage1Filters(seed=seed, exclude_heldout=exclude_heldout)
         records = filter_pairs(gettext_pairs(catalogues, report, source), filters, report, id_prefix)
         settings: Any = filters
-    elif kind == "rows":
+    elif kind is ROWS:
         records = filter_rows(gettext_rows(catalogues, report), catalogues, report, id_prefix, exclude_heldout, seed)
         settings = None
         report.notes.append(f"rows: English msgids of ≥ {MIN_ROW_WORDS} words translated in all languages; "
                             "query = first half of the words (characters for scripts without spaces)")
     else:
-        raise ValueError(f"kind must be 'pairs' or 'rows', got {kind!r}")
+        raise ValueError(f"gettext catalogues make {PAIRS} or {ROWS}, not {kind}")
     report_dict = report.as_dict(settings)
     report_dict["exclude_heldout"] = exclude_heldout
     report_dict["catalogues"] = {lang: [str(p) for p in paths] for lang, paths in sorted(catalogues.items())}
-    return write_shards(records, out_dir, kind, shard_size, source=source, filter_report=report_dict)  # type: ignore[arg-type]
+    return write_shards(records, out_dir, kind, shard_size, source=source, filter_report=report_dict)
 
 
 def build_django_demo_shards(
@@ -110,6 +112,6 @@ def build_django_demo_shards(
     out = Path(out_dir)
     common = dict(shard_size=shard_size, exclude_heldout=exclude_heldout, seed=seed, source="django")
     return {
-        "pairs": build_gettext_shards(catalogues, out / "pairs", "pairs", filters=filters, id_prefix="djp", **common),
-        "rows": build_gettext_shards(catalogues, out / "rows", "rows", id_prefix="djr", **common),
+        "pairs": build_gettext_shards(catalogues, out / "pairs", PAIRS, filters=filters, id_prefix="djp", **common),
+        "rows": build_gettext_shards(catalogues, out / "rows", ROWS, id_prefix="djr", **common),
     }

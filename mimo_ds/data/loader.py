@@ -240,9 +240,9 @@ def build_train_loader(spec: LoaderSpec) -> TrainLoader:
     if spec.resampled and not spec.steps_per_epoch:
         raise ValueError("resampled mode needs steps_per_epoch (the fixed number of batches per epoch per rank)")
     index = read_index(spec.shards, require_files=False)
-    if index.kind != objective.shards:
+    if index.record_kind != objective.shards:
         raise ValueError(f"objective {spec.objective!r} needs {objective.shards} shards; {index.folder} holds {index.kind}")
-    available = index.languages if index.kind == "pairs" else index.row_languages
+    available = index.available_languages
     languages = tuple(sorted(set(spec.languages))) if spec.languages is not None else tuple(available)
     if unknown := sorted(set(languages) - set(available)):
         raise ValueError(f"languages {unknown} are not in {index.folder} (it has {list(available)})")
@@ -256,7 +256,7 @@ def build_train_loader(spec: LoaderSpec) -> TrainLoader:
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} is not in 0..{world - 1}")
     plan = EpochPlan(index, languages, world, max(1, spec.num_workers), spec.batch_size, spec.seed, spec.shard_shuffle)
-    collate = Collator(objective, index.kind, languages, spec.seed, student_tokenizer=spec.student_tokenizer,
+    collate = Collator(objective, languages, spec.seed, student_tokenizer=spec.student_tokenizer,
                        student_prompts=spec.student_prompts, student_max_length=spec.student_max_length,
                        teacher_tokenizer=spec.teacher_tokenizer, teacher_query_prompt=spec.teacher_query_prompt,
                        teacher_max_length=spec.teacher_max_length, teacher_cache=spec.teacher_cache)

@@ -37,7 +37,7 @@ class EpochPlan:
     @cached_property
     def subset(self) -> bool:
         """Whether the selection leaves records out (a tagged kind, not every language selected)."""
-        return self.index.kind == "pairs" and set(self.languages) != set(self.index.languages)
+        return not self.index.record_kind.parallel and set(self.languages) != set(self.index.languages)
 
     @cached_property
     def eligible(self) -> list[int]:

@@ -50,6 +50,7 @@ class SlotReader:
     def __init__(self, plan: EpochPlan, shuffle_buffer: int, resampled: bool) -> None:
         self.plan = plan
         self.index = plan.index
+        self.kind = plan.index.record_kind
         self.shuffle_buffer = shuffle_buffer
         self.resampled = resampled
         self.select = set(plan.languages)
@@ -57,11 +58,12 @@ class SlotReader:
     def judge(self, key: str, record: dict[str, Any] | None, bad: BadRecord | None) -> tuple[bool, BadRecord | None]:
         """(eligible, bad): whether the member takes an ordinal, and why it cannot be used (None: usable)."""
         if bad is None:
-            known = self.index.languages if self.index.kind == "pairs" else self.plan.languages
-            bad = check_member(key, record, self.index.kind, known)
+            known = self.plan.languages if self.kind.parallel else self.index.languages
+            bad = check_member(key, record, self.kind, known)
         if not self.plan.subset:
             return True, bad
-        # A pair in an unselected language takes no ordinal; an unreadable one neither (its language is unknown).
+        # A tagged record in an unselected language takes no ordinal; an unreadable one neither (its language is
+        # unknown).
         lang = record.get("lang") if isinstance(record, dict) else None
         return lang in self.select, bad
 

@@ -26,6 +26,7 @@ from mimo_ds.objectives.schedules import (
     same_language,
 )
 from mimo_ds.objectives.terms import info_nce, language_kl
+from mimo_ds.record_kinds import ROWS
 
 
 class LaKDASettings(ObjectiveSettings):
@@ -38,7 +39,7 @@ class LaKDASettings(ObjectiveSettings):
 class LaKDA(Objective):
     kind = "lakda"
     stage = 2
-    shards = "rows"
+    shards = ROWS
     Settings = LaKDASettings
     student_roles = (Role("query", "query", query=True), Role("query_b", "query", query=True),
                      Role("passage", "passage"))

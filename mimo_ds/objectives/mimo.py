@@ -21,6 +21,7 @@ from mimo_ds.objectives.base import LossOutput, Objective, ObjectiveSettings, Ro
 from mimo_ds.objectives.distill import Distance
 from mimo_ds.objectives.schedules import RoleLanguages, cross_lingual
 from mimo_ds.objectives.terms import distill_loss, info_nce
+from mimo_ds.record_kinds import ROWS
 
 Negatives = Literal["local", "global"]
 NEGATIVES_HELP = "in-batch negatives from this rank only (the paper) or keys gathered from all ranks"
@@ -39,7 +40,7 @@ class MimoSettings(ObjectiveSettings):
 class Mimo(Objective):
     kind = "mimo"
     stage = 2
-    shards = "rows"
+    shards = ROWS
     Settings = MimoSettings
     student_roles = QUERY_AND_PASSAGE
     teacher_roles = (Role("teacher_query", "query", query=True), Role("teacher_passage", "passage"))

@@ -17,6 +17,7 @@ from mimo_ds.batch import Embedded
 from mimo_ds.objectives import LossOutput, Objective, ObjectiveSettings, Role
 from mimo_ds.objectives.schedules import RoleLanguages, cross_lingual
 from mimo_ds.objectives.terms import distill_loss, info_nce
+from mimo_ds.record_kinds import ROWS
 
 
 class SymmetricMimoSettings(ObjectiveSettings):
@@ -28,7 +29,7 @@ class SymmetricMimoSettings(ObjectiveSettings):
 class SymmetricMimo(Objective):
     kind = "sym_mimo"
     stage = 2
-    shards = "rows"
+    shards = ROWS
     Settings = SymmetricMimoSettings
     student_roles = (Role("query", "query", query=True), Role("passage", "passage"))
     teacher_roles = (Role("teacher_query", "query", query=True), Role("teacher_passage", "passage"))
