@@ -50,7 +50,6 @@ from mimo_ds.models.loading import load_tokenizer
 from mimo_ds.models.student import Student, build_student, student_size
 from mimo_ds.models.teacher import Teacher
 from mimo_ds.objectives import Objective, build_objective, objective_class
-from mimo_ds.objectives.mimo import MimoSettings
 from mimo_ds.progress import StepMeter
 from mimo_ds.run_dir import METRICS_FILE, clear_outputs, run_identity
 from mimo_ds.signals import EXIT_PREEMPTED, Preempted, StopRequests
@@ -63,12 +62,12 @@ from mimo_ds.stage_output import (
 from mimo_ds.step import accumulate_gradients
 from mimo_ds.tracking import (
     TAG_CHECKPOINT,
-    TAG_LAMBDA,
     TAG_OBJECTIVE,
     TAG_RECIPE,
     TAG_RESUMABLE,
     TAG_STAGE,
     Tracker,
+    sweep_tags,
 )
 
 if TYPE_CHECKING:
@@ -246,7 +245,7 @@ def _start_tracking(cfg: RunConfig, engine: DeepSpeedEngine, ds: dict[str, Any],
               "total_steps": steps,
               "zero3_persistence_threshold": ds["zero_optimization"].get("stage3_param_persistence_threshold")}
     tags = {TAG_STAGE: str(cfg.stage), TAG_OBJECTIVE: cfg.objective.kind, TAG_RECIPE: cfg.name,
-            **({TAG_LAMBDA: str(cfg.objective.lam)} if isinstance(cfg.objective, MimoSettings) else {}),
+            **sweep_tags(cfg.objective.swept_values()),
             **cfg.tracking.tags}
     artifacts = {"run_config.json": cfg.model_dump(mode="json"), "deepspeed_config.json": ds,
                  "data_filter_report.json": read_index(cfg.data.train).filter_report}

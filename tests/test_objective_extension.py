@@ -10,15 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from mlflow.entities import Metric, Run, RunData, RunInfo, RunTag
 from corpus import make_rows
 from drivers.example_objective import SymmetricMimo
 
 from mimo_ds.batch import Embedded
+from mimo_ds.compare import plots
 from mimo_ds.config import ConfigError, load_config
 from mimo_ds.data.loader import LoaderSpec, build_train_loader
 from mimo_ds.data.teacher_cache import check_run_cache, write_cache
 from mimo_ds.models.teacher import Teacher
 from mimo_ds.objectives import build_objective, objective_class
+from mimo_ds.tracking import TAG_OBJECTIVE, sweep_tags
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "tiny" / "stage2_mimo.yaml"
@@ -69,6 +72,28 @@ def test_loader_and_teacher_cache_read_its_declaration(rows, tmp_path):
     assert set(batch.student) == {"query", "passage"} and not batch.teacher
     assert {k: v.shape for k, v in batch.teacher_embeddings.items()} == {
         "teacher_query": (6, 48), "teacher_passage": (6, 48)}
+
+
+def _run(name: str, tags: dict[str, str], ndcg: float) -> Run:
+    info = RunInfo(run_id=name, experiment_id="0", user_id="", status="FINISHED", start_time=0, end_time=1,
+                   lifecycle_stage="active", run_name=name)
+    return Run(info, RunData(metrics=[Metric("mlir/ndcg_at_20", ndcg, 0, 0)],
+                             tags=[RunTag(k, v) for k, v in tags.items()]))
+
+
+def test_its_swept_setting_is_tagged_and_drawn_as_a_sweep():
+    """λ, which the objective declares swept, reaches the run's tags and the compare report's sweep figure."""
+    runs = []
+    for i, lam in enumerate((0.7, 0.1, 0.4)):
+        settings = SymmetricMimo.Settings(kind="sym_mimo", lam=lam)
+        runs.append(_run(f"sym-{i}", {TAG_OBJECTIVE: "sym_mimo", **sweep_tags(settings.swept_values())}, 1 - lam))
+    runs.append(_run("other", {TAG_OBJECTIVE: "infonce"}, 0.5))  # declares no sweep: in no sweep
+    assert runs[0].data.tags["mimo.lambda"] == "0.7"
+    found = plots.sweeps(runs)
+    assert list(found) == [("sym_mimo", "lambda")]
+    assert [(value, run.info.run_name) for value, run in found[("sym_mimo", "lambda")]] == [
+        (0.1, "sym-1"), (0.4, "sym-2"), (0.7, "sym-0")]
+    assert plots.sweep_curves(runs).startswith(b"\x89PNG") and plots.sweep_curves(runs[2:]) is None
 
 
 @pytest.mark.slow

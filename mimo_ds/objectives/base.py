@@ -34,9 +34,19 @@ from mimo_ds.record_kinds import RecordKind
 
 
 class ObjectiveSettings(Strict):
-    """Base of every objective's typed hyper-parameters; subclasses narrow `kind` to their own Literal."""
+    """Base of every objective's typed hyper-parameters; subclasses narrow `kind` to their own Literal.
+
+    `swept` names the settings a sweep of the objective varies (a loss weight, such as MIMO's λ), each with the name
+    its runs are tagged and plotted under: the trainer tags every run with them (`mimo_ds.tracking.sweep_tags`) and
+    `mimo-ds compare` draws each sweep it finds, whatever the objective.
+    """
 
     kind: str
+    swept: ClassVar[dict[str, str]] = {}
+
+    def swept_values(self) -> dict[str, str]:
+        """Tag name → this run's value, for each swept setting."""
+        return {name: str(getattr(self, setting)) for setting, name in self.swept.items()}
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,8 @@ def _check_declaration(cls: type[Objective]) -> None:
     sides = cls.shards.fields
     if bad := [r.name for r in (*cls.student_roles, *cls.teacher_roles) if r.side not in sides]:
         raise TypeError(f"objective {cls.__name__}: roles {bad} read sides that {cls.shards} records lack {sides}")
+    if unknown := sorted(set(cls.Settings.swept) - set(cls.Settings.model_fields)):
+        raise TypeError(f"{cls.Settings.__name__}.swept names settings it does not have: {unknown}")
     kind_field = cls.Settings.model_fields["kind"].annotation
     if getattr(kind_field, "__args__", None) != (cls.kind,):
         raise TypeError(f"{cls.Settings.__name__}.kind must be Literal[{cls.kind!r}]")

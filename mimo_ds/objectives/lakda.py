@@ -30,6 +30,7 @@ from mimo_ds.record_kinds import ROWS
 
 
 class LaKDASettings(ObjectiveSettings):
+    swept = {"alpha": "alpha"}
     kind: Literal["lakda"]
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the language KL term")
     scale: float = Field(20.0, gt=0.0, description="InfoNCE logit scale (1/temperature)")

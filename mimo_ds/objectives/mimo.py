@@ -30,6 +30,7 @@ QUERY_AND_PASSAGE = (Role("query", "query", query=True), Role("passage", "passag
 
 
 class MimoSettings(ObjectiveSettings):
+    swept = {"lam": "lambda"}
     kind: Literal["mimo"]
     lam: float = Field(0.2, ge=0.0, le=1.0, description="weight of the cross-lingual InfoNCE term")
     scale: float = Field(20.0, gt=0.0, description="InfoNCE logit scale (1/temperature)")

@@ -21,6 +21,7 @@ from mimo_ds.record_kinds import ROWS
 
 
 class SymmetricMimoSettings(ObjectiveSettings):
+    swept = {"lam": "lambda"}
     kind: Literal["sym_mimo"]
     lam: float = Field(0.5, ge=0.0, le=1.0)
     scale: float = Field(20.0, gt=0.0)

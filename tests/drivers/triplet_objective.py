@@ -27,6 +27,7 @@ TRIPLETS = RecordKind("triplets", ("query", "positive", "negative"), Languages.P
 
 
 class TripletMimoSettings(ObjectiveSettings):
+    swept = {"lam": "lambda"}
     kind: Literal["triplet_mimo"]
     lam: float = Field(0.2, ge=0.0, le=1.0)
     scale: float = Field(20.0, gt=0.0)
