@@ -409,10 +409,10 @@ def run(cfg: RunConfig, config_path: Path, resume_from: Path | None = None, over
 
 def _evaluate(s: Session) -> dict[str, float]:
     """Evaluate the student in its native space; collective under ZeRO-3 (every rank runs the same batches)."""
+    from mimo_ds.eval.encoding import prompted
     from mimo_ds.eval.hook import evaluate
 
     cfg, engine = s.cfg, s.engine
-    prompts = {"query": cfg.student.query_prompt, "passage": cfg.student.passage_prompt}
 
     def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return engine(input_ids, attention_mask).emb
@@ -420,8 +420,9 @@ def _evaluate(s: Session) -> dict[str, float]:
     def encode(texts: list[str], role: str) -> torch.Tensor:
         """The hook hands over batches of eval.batch_size (the same count on every rank) and normalises the result."""
         with torch.no_grad():
-            return encode_texts(forward, s.tokenizer, [prompts[role] + t for t in texts],
-                                max_length=cfg.student.max_length, batch_size=len(texts), device=engine.device)
+            texts = prompted(texts, role, cfg.student.query_prompt, cfg.student.passage_prompt)
+            return encode_texts(forward, s.tokenizer, texts, max_length=cfg.student.max_length,
+                                batch_size=len(texts), device=engine.device)
 
     engine.eval()
     try:

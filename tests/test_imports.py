@@ -9,6 +9,8 @@ take them bottom-up and each part can be tested on the ones below it.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -149,6 +151,18 @@ def test_no_part_imports_back_up():
     assert not new, "parts that import each other: " + " | ".join(describe(c, arrows) for c in new)
     gone = [sorted(k) for k in KNOWN_PART_CYCLES if set(k) not in part_cycles]
     assert not gone, f"known cycles {gone} are gone: take them out of KNOWN_PART_CYCLES"
+
+
+def test_an_uninstalled_checkout_says_to_install():
+    """The checkout on sys.path with no site-packages at all (no editable finder, no torch): one ImportError."""
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import mimo_ds.kernels"
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "ImportError: mimo_ds.kernels is not installed (it is the repository's kernels/ folder, mapped into the "
+        "package at install time): run `pip install -e .` in the repository, then import mimo_ds")
+    assert "ModuleNotFoundError" not in proc.stderr
 
 
 def test_the_checks_find_cycles(tmp_path):
