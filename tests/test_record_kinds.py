@@ -3,26 +3,19 @@ triplet_objective.py) is written and validated by the shard writer, planned and 
 the teacher cache and trained on by a run, with no file of the package touched."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from corpus import LANGS, sentences, translate
 from drivers.triplet_objective import TRIPLETS, TripletMimo
+from extension import cached_batch, train_with
 
-from mimo_ds.config import load_config
 from mimo_ds.data import records as R
-from mimo_ds.data.loader import LoaderSpec, build_train_loader
 from mimo_ds.data.shards import iter_shard, read_index, write_shards
-from mimo_ds.data.teacher_cache import check_run_cache, write_cache
-from mimo_ds.models.teacher import Teacher
+from mimo_ds.data.teacher_cache import check_run_cache
 from mimo_ds.record_kinds import ROWS, Languages, RecordKind, record_kind
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "tiny" / "stage2_mimo.yaml"
 DRIVER = Path(__file__).parent / "drivers" / "triplet_objective.py"
 KIND = ["objective.kind=triplet_mimo", "objective.lam=0.3"]
 
@@ -59,15 +52,9 @@ def test_the_declaration_drives_validation(triplets):
 
 
 def test_loader_and_teacher_cache_read_it(triplets, tmp_path):
-    cfg = load_config(RECIPE, [f"data.train={triplets}", *KIND, f"data.teacher_cache={tmp_path / 'cache'}"])
-    torch.manual_seed(cfg.seed)
-    teacher = Teacher.load(cfg.teacher)
-    write_cache(teacher, TripletMimo, triplets, tmp_path / "cache", progress=False)
+    cfg, teacher, batch = cached_batch(triplets, TripletMimo, KIND, tmp_path / "cache", 7, shuffle_buffer=0,
+                                       shard_shuffle=False)
     assert check_run_cache(cfg)["roles"] == ["teacher_query", "teacher_positive"]
-    spec = LoaderSpec(shards=triplets, objective="triplet_mimo", student_tokenizer=teacher.tokenizer, batch_size=7,
-                      teacher_query_prompt=cfg.teacher.query_prompt, rank=0, world_size=1, num_workers=0,
-                      teacher_cache=tmp_path / "cache", shuffle_buffer=0, shard_shuffle=False)
-    batch = next(iter(build_train_loader(spec)))
     plans = [TripletMimo.schedule(sorted(LANGS), 42)(int(i.split("-")[1])) for i in batch.ids]
     assert batch.languages == {role: [p[role] for p in plans] for role in ("query", "positive", "negative")}
     assert len({p["negative"] for p in plans}) > 1 and all(p["query"] != p["positive"] for p in plans)
@@ -83,16 +70,8 @@ def test_loader_and_teacher_cache_read_it(triplets, tmp_path):
 
 @pytest.mark.slow
 def test_trains_on_it(triplets, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
-    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "tests"))
     out = tmp_path / "out"
-    args = ["--config", str(RECIPE)]
-    for o in (f"data.train={triplets}", f"output_dir={out}", "max_steps=2", "epochs=20", *KIND):
-        args += ["--set", o]
-    proc = subprocess.run([sys.executable, str(DRIVER), *args], env=env, capture_output=True, text=True, timeout=600,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    history = train_with(DRIVER, [f"data.train={triplets}", "max_steps=2", "epochs=20", *KIND], out)
     losses = [h["loss/total"] for h in history if "loss/total" in h]
     assert len(losses) == 2 and torch.isfinite(torch.tensor(losses)).all()
     assert {"loss/infonce", "loss/distill"} <= set(history[0])
