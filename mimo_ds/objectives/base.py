@@ -100,7 +100,7 @@ class Objective:
 
     @classmethod
     def schedule(cls, languages: Sequence[str], seed: int) -> RoleLanguages | None:
-        """Position → {student role: language}; None for pairs, whose language is the record's own."""
+        """Position → {student role: language}; None for a tagged kind, whose record names its own language."""
         return None
 
     def __call__(self, student: dict[str, Embedded], teacher: dict[str, torch.Tensor]) -> LossOutput:
@@ -117,6 +117,9 @@ def _check_declaration(cls: type[Objective]) -> None:
         raise TypeError(f"objective {cls.__name__} has duplicate role names: {names}")
     if not isinstance(cls.shards, RecordKind):
         raise TypeError(f"objective {cls.__name__}: shards must be a RecordKind (mimo_ds.record_kinds), got {cls.shards!r}")
+    if cls.shards.parallel and cls.schedule.__func__ is Objective.schedule.__func__:  # type: ignore[attr-defined]
+        raise TypeError(f"objective {cls.__name__} reads {cls.shards}, whose records hold every language: it must "
+                        "declare a schedule (which language each student role gets per row)")
     sides = cls.shards.fields
     if bad := [r.name for r in (*cls.student_roles, *cls.teacher_roles) if r.side not in sides]:
         raise TypeError(f"objective {cls.__name__}: roles {bad} read sides that {cls.shards} records lack {sides}")
