@@ -45,7 +45,7 @@ class LoaderSpec:
     """Everything the training loader needs; `build_train_loader` checks it before any worker starts.
 
     `rank` / `world_size` left None are taken from torch.distributed when initialised, else from RANK / WORLD_SIZE.
-    `languages` None means every language of the index (for rows: the languages every row holds).
+    `languages` None means every language of the index (for a parallel kind: the languages every record holds).
     `objective` is a registered objective kind; `student_prompts` is the student's (query prompt, passage prompt),
     `teacher_query_prompt` the teacher's query prompt (teacher roles marked as queries get it).
     `max_bad_fraction` is the ceiling on bad records, judged against the records the epoch plans (docs/data.md).
