@@ -135,15 +135,11 @@ def corpus_texts(out: Path, bench: Path) -> list[str]:
     from mimo_ds.data.shards import iter_shard, read_index
 
     texts: list[str] = []
-    for kind in ("pairs", "rows"):
-        index = read_index(out / "data" / kind)
+    for folder in ("pairs", "rows"):
+        index = read_index(out / "data" / folder)
         for shard in index.shards:
             for member in iter_shard(index.path(shard)):
-                record = member.record or {}
-                if kind == "pairs":
-                    texts += [record["text"], record["en"]]
-                else:
-                    texts += [*record["query"].values(), *record["passage"].values()]
+                texts += index.record_kind.texts(member.record or {})
     for name in ("corpus.jsonl", "queries.jsonl"):
         texts += [json.loads(line)["text"] for line in (bench / name).read_text(encoding="utf-8").splitlines()]
     return texts

@@ -6,7 +6,7 @@ import psutil
 import torch
 from tqdm import tqdm
 
-from mimo_ds.data.batch import Batch
+from mimo_ds.batch import Batch
 
 
 def _count(micro_batches: list[Batch]) -> tuple[int, int]:

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch.profiler import record_function
 
-from mimo_ds.data.batch import Batch, Tokens
-from mimo_ds.models.embedded import Embedded
+from mimo_ds.batch import Batch, Embedded, Tokens
 from mimo_ds.models.teacher import Teacher
 from mimo_ds.objectives import LossOutput, Objective
 

@@ -53,7 +53,10 @@ log = logging.getLogger(__name__)
 TAG_STAGE = "mimo.stage"
 TAG_OBJECTIVE = "mimo.objective"
 TAG_RECIPE = "mimo.recipe"
-TAG_LAMBDA = "mimo.lambda"
+TAG_LAMBDA = "mimo.lambda"  # MIMO's λ, the `lambda` of the sweep tags below
+#: The names of the settings the run's objective declares swept (`ObjectiveSettings.swept`), comma-separated; each
+#: setting's value is tagged `mimo.<name>`.
+TAG_SWEPT = "mimo.swept"
 TAG_GROUP = "mimo.group"
 TAG_PARENT = "mimo.parent_run"
 #: "true" on a run stopped by a signal after writing a checkpoint (status KILLED): `--resume auto` continues it.
@@ -83,6 +86,19 @@ class TrackingSettings(Protocol):
     tags: Mapping[str, str]
     system_metrics: bool
     async_logging: bool
+
+
+def sweep_tags(swept: Mapping[str, str]) -> dict[str, str]:
+    """A run's tags for its objective's swept settings (name → value, `ObjectiveSettings.swept_values`)."""
+    if not swept:
+        return {}
+    return {TAG_SWEPT: ",".join(swept), **{f"mimo.{name}": value for name, value in swept.items()}}
+
+
+def swept_of(tags: Mapping[str, str]) -> dict[str, str]:
+    """Name → value of the swept settings a run's tags hold (what `sweep_tags` wrote)."""
+    names = [name for name in tags.get(TAG_SWEPT, "").split(",") if name]
+    return {name: tags[f"mimo.{name}"] for name in names if f"mimo.{name}" in tags}
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:

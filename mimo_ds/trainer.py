@@ -25,11 +25,11 @@ import torch
 import torch.distributed as dist
 from transformers import PreTrainedTokenizerBase
 
+from mimo_ds.batch import Batch
 from mimo_ds.checkpoint import CheckpointManager
 from mimo_ds.config import RunConfig
 from mimo_ds.data.audit import AuditTrail
 from mimo_ds.data.bad_report import BAD_RECORDS_FILE, bad_record_report, report_metrics
-from mimo_ds.data.batch import Batch
 from mimo_ds.data.loader import LoaderSpec, TrainLoader, build_train_loader
 from mimo_ds.data.shards import read_index
 from mimo_ds.data.teacher_cache import read_cache_meta, teacher_width
@@ -50,7 +50,6 @@ from mimo_ds.models.loading import load_tokenizer
 from mimo_ds.models.student import Student, build_student, student_size
 from mimo_ds.models.teacher import Teacher
 from mimo_ds.objectives import Objective, build_objective, objective_class
-from mimo_ds.objectives.mimo import MimoSettings
 from mimo_ds.progress import StepMeter
 from mimo_ds.run_dir import METRICS_FILE, clear_outputs, run_identity
 from mimo_ds.signals import EXIT_PREEMPTED, Preempted, StopRequests
@@ -63,12 +62,12 @@ from mimo_ds.stage_output import (
 from mimo_ds.step import accumulate_gradients
 from mimo_ds.tracking import (
     TAG_CHECKPOINT,
-    TAG_LAMBDA,
     TAG_OBJECTIVE,
     TAG_RECIPE,
     TAG_RESUMABLE,
     TAG_STAGE,
     Tracker,
+    sweep_tags,
 )
 
 if TYPE_CHECKING:
@@ -246,7 +245,7 @@ def _start_tracking(cfg: RunConfig, engine: DeepSpeedEngine, ds: dict[str, Any],
               "total_steps": steps,
               "zero3_persistence_threshold": ds["zero_optimization"].get("stage3_param_persistence_threshold")}
     tags = {TAG_STAGE: str(cfg.stage), TAG_OBJECTIVE: cfg.objective.kind, TAG_RECIPE: cfg.name,
-            **({TAG_LAMBDA: str(cfg.objective.lam)} if isinstance(cfg.objective, MimoSettings) else {}),
+            **sweep_tags(cfg.objective.swept_values()),
             **cfg.tracking.tags}
     artifacts = {"run_config.json": cfg.model_dump(mode="json"), "deepspeed_config.json": ds,
                  "data_filter_report.json": read_index(cfg.data.train).filter_report}
@@ -410,10 +409,10 @@ def run(cfg: RunConfig, config_path: Path, resume_from: Path | None = None, over
 
 def _evaluate(s: Session) -> dict[str, float]:
     """Evaluate the student in its native space; collective under ZeRO-3 (every rank runs the same batches)."""
+    from mimo_ds.eval.encoding import prompted
     from mimo_ds.eval.hook import evaluate
 
     cfg, engine = s.cfg, s.engine
-    prompts = {"query": cfg.student.query_prompt, "passage": cfg.student.passage_prompt}
 
     def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return engine(input_ids, attention_mask).emb
@@ -421,8 +420,9 @@ def _evaluate(s: Session) -> dict[str, float]:
     def encode(texts: list[str], role: str) -> torch.Tensor:
         """The hook hands over batches of eval.batch_size (the same count on every rank) and normalises the result."""
         with torch.no_grad():
-            return encode_texts(forward, s.tokenizer, [prompts[role] + t for t in texts],
-                                max_length=cfg.student.max_length, batch_size=len(texts), device=engine.device)
+            texts = prompted(texts, role, cfg.student.query_prompt, cfg.student.passage_prompt)
+            return encode_texts(forward, s.tokenizer, texts, max_length=cfg.student.max_length,
+                                batch_size=len(texts), device=engine.device)
 
     engine.eval()
     try:

@@ -7,7 +7,6 @@ import io
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from types import SimpleNamespace
 import pytest
 from matplotlib.image import imread
 from mlflow import MlflowClient
+from ports import free_port
 
 from mimo_ds.compare.cli import main
 from mimo_ds.compare.plots import scatter_label
@@ -226,16 +226,10 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert (saturation > 0.3).mean() > 0.005, "no coloured plot pixels in the screenshot"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ui_serves_the_same_store_on_localhost(store):
     uri, _ = store
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "mimo_ds.compare", "ui", "--tracking-uri", uri,
                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

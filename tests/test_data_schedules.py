@@ -6,7 +6,7 @@ from itertools import permutations
 
 import pytest
 
-from mimo_ds.data.schedules import ordered_pairs
+from mimo_ds.objectives.schedules import ordered_pairs
 from mimo_ds.objectives import objective_class
 
 LANGS = "ar de nl en es fr hi id it ja pt ru vi zh".split()

@@ -3,25 +3,22 @@ example_objective.py) is validated by the run config, scheduled and tokenised by
 cache and trained by the step, with no other file touched."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from mlflow.entities import Metric, Run, RunData, RunInfo, RunTag
 from corpus import make_rows
 from drivers.example_objective import SymmetricMimo
+from extension import RECIPE, cached_batch, train_with
 
+from mimo_ds.batch import Embedded
+from mimo_ds.compare import plots
 from mimo_ds.config import ConfigError, load_config
-from mimo_ds.data.loader import LoaderSpec, build_train_loader
-from mimo_ds.data.teacher_cache import check_run_cache, write_cache
-from mimo_ds.models.embedded import Embedded
-from mimo_ds.models.teacher import Teacher
+from mimo_ds.data.teacher_cache import check_run_cache
 from mimo_ds.objectives import build_objective, objective_class
+from mimo_ds.tracking import TAG_OBJECTIVE, sweep_tags
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "tiny" / "stage2_mimo.yaml"
 DRIVER = Path(__file__).parent / "drivers" / "example_objective.py"
 KIND = ["objective.kind=sym_mimo", "objective.lam=0.3"]
 
@@ -54,15 +51,8 @@ def test_loss_is_the_symmetric_formula():
 
 
 def test_loader_and_teacher_cache_read_its_declaration(rows, tmp_path):
-    cfg = load_config(RECIPE, [f"data.train={rows}", *KIND, f"data.teacher_cache={tmp_path / 'cache'}"])
-    torch.manual_seed(cfg.seed)
-    teacher = Teacher.load(cfg.teacher)
-    write_cache(teacher, SymmetricMimo, rows, tmp_path / "cache", progress=False)
+    cfg, _, batch = cached_batch(rows, SymmetricMimo, KIND, tmp_path / "cache", 6)
     assert check_run_cache(cfg)["roles"] == ["teacher_query", "teacher_passage"]
-    spec = LoaderSpec(shards=rows, objective="sym_mimo", student_tokenizer=teacher.tokenizer, batch_size=6,
-                      teacher_query_prompt=cfg.teacher.query_prompt, rank=0, world_size=1, num_workers=0,
-                      teacher_cache=tmp_path / "cache")
-    batch = next(iter(build_train_loader(spec)))
     schedule = SymmetricMimo.schedule(["de", "en", "es", "fr"], 42)
     plans = [schedule(int(i.split("-")[1])) for i in batch.ids]  # write position == id number in these shards
     assert batch.languages == {role: [p[role] for p in plans] for role in ("query", "passage")}
@@ -71,18 +61,32 @@ def test_loader_and_teacher_cache_read_its_declaration(rows, tmp_path):
         "teacher_query": (6, 48), "teacher_passage": (6, 48)}
 
 
+def _run(name: str, tags: dict[str, str], ndcg: float) -> Run:
+    info = RunInfo(run_id=name, experiment_id="0", user_id="", status="FINISHED", start_time=0, end_time=1,
+                   lifecycle_stage="active", run_name=name)
+    return Run(info, RunData(metrics=[Metric("mlir/ndcg_at_20", ndcg, 0, 0)],
+                             tags=[RunTag(k, v) for k, v in tags.items()]))
+
+
+def test_its_swept_setting_is_tagged_and_drawn_as_a_sweep():
+    """λ, which the objective declares swept, reaches the run's tags and the compare report's sweep figure."""
+    runs = []
+    for i, lam in enumerate((0.7, 0.1, 0.4)):
+        settings = SymmetricMimo.Settings(kind="sym_mimo", lam=lam)
+        runs.append(_run(f"sym-{i}", {TAG_OBJECTIVE: "sym_mimo", **sweep_tags(settings.swept_values())}, 1 - lam))
+    runs.append(_run("other", {TAG_OBJECTIVE: "infonce"}, 0.5))  # declares no sweep: in no sweep
+    assert runs[0].data.tags["mimo.lambda"] == "0.7"
+    found = plots.sweeps(runs)
+    assert list(found) == [("sym_mimo", "lambda")]
+    assert [(value, run.info.run_name) for value, run in found[("sym_mimo", "lambda")]] == [
+        (0.1, "sym-1"), (0.4, "sym-2"), (0.7, "sym-0")]
+    assert plots.sweep_curves(runs).startswith(b"\x89PNG") and plots.sweep_curves(runs[2:]) is None
+
+
 @pytest.mark.slow
 def test_trains_end_to_end(rows, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
-    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "tests"))
     out = tmp_path / "out"
-    args = ["--config", str(RECIPE)]
-    for o in (f"data.train={rows}", f"output_dir={out}", "max_steps=4", "epochs=20", "optim.lr=2e-3", *KIND):
-        args += ["--set", o]
-    proc = subprocess.run([sys.executable, str(DRIVER), *args], env=env, capture_output=True, text=True, timeout=600,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    history = train_with(DRIVER, [f"data.train={rows}", "max_steps=4", "epochs=20", "optim.lr=2e-3", *KIND], out)
     losses = [h["loss/total"] for h in history if "loss/total" in h]
     assert len(losses) == 4 and {"loss/infonce", "loss/distill"} <= set(history[0])
     assert json.loads((out / "mimo_ds_student.json").read_text())["objective"] == "sym_mimo"

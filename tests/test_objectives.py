@@ -1,14 +1,17 @@
 """Each objective's value and gradients against an independent float64 formula (and a hand-worked case)."""
 
 import math
+from typing import Literal
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mimo_ds.models.embedded import Embedded
-from mimo_ds.objectives import build_objective, objective_class
+from mimo_ds.batch import Embedded
+from mimo_ds.objectives import Objective, ObjectiveSettings, Role, build_objective, objective_class, objective_kinds
+from mimo_ds.objectives.schedules import same_language
 from mimo_ds.objectives.terms import distill_loss
+from mimo_ds.record_kinds import ROWS
 
 
 def objective(kind: str, **settings):
@@ -126,3 +129,22 @@ def test_lakda_value_and_gradients():
     _close(out.loss, plain)
     for a, b in zip(_grads(out.loss, [qa, qb, p]), _grads(plain, [qa2, qb2, p2])):
         _close(a, b)
+
+
+@pytest.mark.parametrize("declared, message", [
+    ({"shards": "rows"}, "shards must be a RecordKind"),
+    ({"schedule": None}, "must declare a schedule"),
+    ({"student_roles": (Role("query", "text"),)}, r"roles \['query'\] read sides that rows records lack"),
+    ({"swept": {"weight": "w"}}, r"swept names settings it does not have: \['weight'\]"),
+])
+def test_a_declaration_that_contradicts_itself_is_refused_at_definition(declared, message):
+    """The checks `mimo_ds.objectives.base` runs when a class is defined, each made to fail once."""
+    settings = type("BadSettings", (ObjectiveSettings,), {"__annotations__": {"kind": Literal["bad"]},
+                                                          "swept": declared.get("swept", {})})
+    body = {"kind": "bad", "stage": 2, "shards": declared.get("shards", ROWS), "Settings": settings,
+            "student_roles": declared.get("student_roles", (Role("query", "query", query=True),))}
+    if "schedule" not in declared:
+        body["schedule"] = classmethod(lambda cls, languages, seed: same_language(languages, seed, roles=("query",)))
+    with pytest.raises(TypeError, match=message):
+        type("Bad", (Objective,), body)
+    assert "bad" not in objective_kinds()

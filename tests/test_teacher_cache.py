@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from corpus import make_pairs, make_rows
+from mimo_ds.batch import Embedded
 from mimo_ds.cli import main as cli_main
 from mimo_ds.config import TeacherConfig
 from mimo_ds.data.loader import LoaderSpec, build_train_loader
 from mimo_ds.data.shards import iter_shard, read_index, write_shards
 from mimo_ds.data.teacher_cache import TeacherCache, check_cache, read_cache_meta, write_cache
-from mimo_ds.models.embedded import Embedded
 from mimo_ds.models.fingerprint import fingerprint_of
 from mimo_ds.models.teacher import Teacher
 from mimo_ds.objectives import build_objective, objective_class

@@ -13,18 +13,13 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from mlflow import MlflowClient
+from ports import free_port
 
 pytestmark = pytest.mark.slow
 
 WORLD = 2
 STEPS = 3
 OTHER_HOST = "fake-node-1"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _cfg(uri: str, *, system_metrics: bool) -> SimpleNamespace:
@@ -69,7 +64,7 @@ def job(tmp_path_factory) -> tuple[Path, MlflowClient]:
     uri = f"sqlite:///{out / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as env:
         env.setenv("MASTER_ADDR", "127.0.0.1")
-        env.setenv("MASTER_PORT", str(_free_port()))
+        env.setenv("MASTER_PORT", str(free_port()))
         env.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
         mp.spawn(_worker, args=(uri, str(out)), nprocs=WORLD, join=True)
     return out, MlflowClient(uri)

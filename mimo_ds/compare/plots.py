@@ -18,12 +18,11 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from mimo_ds.compare.table import run_label, run_tag
-from mimo_ds.tracking import TAG_LAMBDA, TAG_OBJECTIVE, TAG_STAGE
+from mimo_ds.tracking import TAG_LAMBDA, TAG_OBJECTIVE, TAG_STAGE, swept_of
 
 LOSS_PATTERN = "*loss*"
 SHARE_PATTERN = "*/lang/*/own_language_share_at_20"
 BLIND_SUFFIX = "/own_language_blind_share"
-MIMO = "mimo"
 NDCG_SUFFIX = "/ndcg_at_20"
 ALIGNMENT_SUFFIX = "/alignment"
 UNIFORMITY_SUFFIX = "/uniformity"
@@ -105,16 +104,40 @@ def scatter_label(run: Run) -> str:
     return " ".join(p for p in parts if p) or run_label(run)
 
 
-def lambda_sweep(runs: list[Run]) -> list[tuple[float, Run]]:
-    """The MIMO runs that differ by λ, in order of λ (a sweep needs at least two)."""
-    sweep = sorted(((float(run_tag(run, TAG_LAMBDA)), run) for run in runs
-                    if run_tag(run, TAG_OBJECTIVE) == MIMO and run_tag(run, TAG_LAMBDA)), key=lambda item: item[0])
-    return sweep if len({lam for lam, _ in sweep}) > 1 else []
+def sweeps(runs: list[Run]) -> dict[tuple[str, str], list[tuple[float, Run]]]:
+    """(objective, swept setting) → that objective's runs in order of the setting, for every setting its objective
+    declares swept (`mimo.swept` tag) that the runs give at least two values."""
+    found: dict[tuple[str, str], list[tuple[float, Run]]] = defaultdict(list)
+    for run in runs:
+        for name, value in swept_of(run.data.tags).items():
+            found[(run_tag(run, TAG_OBJECTIVE), name)].append((float(value), run))
+    return {key: sorted(sweep, key=lambda item: item[0]) for key, sweep in sorted(found.items())
+            if len({value for value, _ in sweep}) > 1}
+
+
+def sweep_curves(runs: list[Run]) -> bytes | None:
+    """One panel per sweep: each benchmark's nDCG@20 against the swept setting, one line per benchmark."""
+    found = sweeps(runs)
+    benchmarks = sorted({key[: -len(NDCG_SUFFIX)] for run in runs for key in run.data.metrics
+                         if key.endswith(NDCG_SUFFIX) and not _per_language(key)})
+    if not found or not benchmarks:
+        return None
+    fig, axes = _grid(len(found))
+    for ax, ((objective, name), sweep) in zip(axes, found.items()):
+        for benchmark in benchmarks:
+            points = [(value, run.data.metrics[f"{benchmark}{NDCG_SUFFIX}"]) for value, run in sweep
+                      if f"{benchmark}{NDCG_SUFFIX}" in run.data.metrics]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=benchmark)
+        ax.set(title=f"{objective}: {name} sweep", xlabel=name, ylabel="nDCG@20")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return to_png(fig)
 
 
 def alignment_uniformity(runs: list[Run]) -> bytes | None:
     """One panel per benchmark with both `<benchmark>/alignment` and `/uniformity`: one labelled point per run, and
-    the MIMO runs of a λ sweep joined by a line in order of λ."""
+    the runs of each sweep joined by a line in order of the swept setting."""
     benchmarks = sorted({key[: -len(ALIGNMENT_SUFFIX)] for run in runs for key in run.data.metrics
                          if key.endswith(ALIGNMENT_SUFFIX)
                          and f"{key[: -len(ALIGNMENT_SUFFIX)]}{UNIFORMITY_SUFFIX}" in run.data.metrics})
@@ -129,12 +152,13 @@ def alignment_uniformity(runs: list[Run]) -> bytes | None:
                 continue
             ax.scatter([x], [y], s=40)
             ax.annotate(scatter_label(run), (x, y), textcoords="offset points", xytext=(5, 5), fontsize="small")
-        points = [(run.data.metrics.get(f"{benchmark}{ALIGNMENT_SUFFIX}"),
-                   run.data.metrics.get(f"{benchmark}{UNIFORMITY_SUFFIX}")) for _, run in lambda_sweep(runs)]
-        points = [(x, y) for x, y in points if x is not None and y is not None]
-        if len(points) > 1:
-            ax.plot(*zip(*points), linestyle="--", color="grey", zorder=0, label="MIMO λ sweep (λ ↑)")
-            ax.legend(fontsize="small")
+        for (objective, name), sweep in sweeps(runs).items():
+            points = [(run.data.metrics.get(f"{benchmark}{ALIGNMENT_SUFFIX}"),
+                       run.data.metrics.get(f"{benchmark}{UNIFORMITY_SUFFIX}")) for _, run in sweep]
+            points = [(x, y) for x, y in points if x is not None and y is not None]
+            if len(points) > 1:
+                ax.plot(*zip(*points), linestyle="--", zorder=0, label=f"{objective} {name} sweep ({name} ↑)")
+                ax.legend(fontsize="small")
         ax.set(title=benchmark, xlabel="alignment (lower is better)", ylabel="uniformity (lower is better)")
         ax.grid(alpha=0.3)
         ax.margins(0.2)

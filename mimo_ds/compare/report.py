@@ -85,6 +85,9 @@ def render_report(client: MlflowClient, table: ComparisonTable, tracking_uri: st
 {curve_html}
 <h2>nDCG@20 per benchmark</h2>
 {_figure_or_note(plots.ndcg_bars(runs), "nDCG@20 per benchmark", "No run logged <benchmark>/ndcg_at_20.")}
+<h2>Sweeps</h2>
+{_figure_or_note(plots.sweep_curves(runs), "nDCG@20 along each sweep",
+                 "No objective's runs differ by a setting it declares swept.")}
 <h2>Alignment and uniformity</h2>
 {_figure_or_note(plots.alignment_uniformity(runs), "alignment vs uniformity",
                  "No run logged both <benchmark>/alignment and <benchmark>/uniformity.")}

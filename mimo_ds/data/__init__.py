@@ -1,1 +1,1 @@
-"""Parallel corpora: shard records, converters, language-pair schedules and streaming loaders."""
+"""Parallel corpora: shard records, converters, the streaming training loader and the teacher cache."""

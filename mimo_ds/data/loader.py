@@ -1,73 +1,43 @@
-"""Streaming training loader over a shard folder: split by rank and worker, shuffled, tokenised, exactly resumable.
+"""The training loader: a shard folder streamed to one rank as batches, split by rank and worker, exactly resumable.
 
-How an epoch is planned (all from `index.json`, identically on every rank, with no communication):
-- the shards are put in a seeded order for the epoch (`seed`, `epoch`), and the records of the selected languages in
-  that order are numbered 0..N-1 (their *ordinals*);
-- there are S = world_size × workers *slots*; slot s owns the ordinal range [s·N/S, (s+1)·N/S): every record
-  belongs to exactly one slot, and slots differ by at most one record;
-- every slot yields the same number of full batches, ⌊⌊N/S⌋ / B⌋, so every rank yields the same number of batches
-  (no DDP hang); the few records left over are a different random few each epoch;
-- a slot shuffles its records with a seeded buffer, so the whole stream is a function of (seed, epoch, slot).
-DataLoader worker w plays slot role (w + skip) mod W, so after a resume at batch `skip` the DataLoader's round robin
-(worker 0 first) still hands out batch `skip` first. A resume replays each worker's stream up to its point without
-tokenising: exact, and it rebuilds the epoch's bad-record counts on the way.
+Iterating a `TrainLoader` runs the rank's slots in DataLoader workers and gathers what they hand over; its state is
+where the rank's stream stands, and a fresh loader with the same plan continues exactly there. The parts, each a
+module to read top to bottom:
+- `mimo_ds.data.plan`: the epoch plan (ordinals, slots, batches per slot), from `index.json` alone;
+- `mimo_ds.data.reading`: a slot's records (shard reading, bad-record attribution, borrowing, resampling, shuffle);
+- `mimo_ds.data.collate`: records → the objective's `Batch` (roles, languages, tokens or cached teacher embeddings);
+- `mimo_ds.data.streams`: the worker side (slot roles, resume skips, the hand-off of batches and counts).
 
-Resampled mode draws shards with replacement (seeded per epoch and slot) and yields `steps_per_epoch` batches per
-rank: for runs where an epoch boundary must not depend on the data size.
-
-What a batch holds is read from the objective's declaration (`mimo_ds.objectives`): its student roles, in the
-languages its schedule gives the row's write position, and its teacher roles (English, the teacher's prompt on
-queries), each role's texts built by `role_texts`. With a teacher cache (`mimo_ds.data.teacher_cache`) the teacher
-roles are looked up by write position instead of tokenised, each lookup checked against the sample id and the exact
-teacher text the cache encoded.
-
-A record that cannot be used is skipped and counted by shard and reason (`mimo_ds.data.records`); when a slot is
-short of records because of them, it borrows the records after its range (counted as `borrowed`), so the batch count
-holds. A shard whose size or sha256 differs from the index's is not read (its records count as `size_mismatch` /
-`hash_mismatch`). The bad-record ceiling (`mimo_ds.data.ceiling`) judges each slot after every shard and each rank
-after every batch; past it the loader raises `DataCeilingExceeded` from the main process with one line naming the
-shards and reasons (a worker hands its verdict over as data, so no traceback wraps the message).
+Resampled mode draws shards with replacement and yields `steps_per_epoch` batches per rank: for runs where an epoch
+boundary must not depend on the data size. The bad-record ceiling (`mimo_ds.data.ceiling`) judges each slot after
+every shard and each rank after every batch; past it the loader raises `DataCeilingExceeded` from the main process
+with one line naming the shards and reasons.
 """
 
 from __future__ import annotations
 
 import os
-import random
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
-from itertools import islice
-from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader
 
-from mimo_ds.data.ceiling import BORROWED, GOOD, NOT_BAD, Ceiling, ShardCounts, bad_only, describe_shards, merge
-from mimo_ds.data.records import (
-    MISSING_SHARD,
-    TRUNCATED_SHARD,
-    UNINDEXED,
-    BadRecord,
-    DataCeilingExceeded,
-    check_member,
-)
-from mimo_ds.data.batch import Batch, Tokens
-from mimo_ds.data.shards import ShardIndex, ShardInfo, ShardReadError, check_shard_file, iter_shard, read_index
-from mimo_ds.data.teacher_cache import TeacherCache, check_cache, teacher_texts
-from mimo_ds.objectives import objective_class, role_texts
+from mimo_ds.batch import Batch
+from mimo_ds.data.ceiling import BORROWED, GOOD, NOT_BAD, ShardCounts, bad_only, merge
+from mimo_ds.data.collate import Collator
+from mimo_ds.data.plan import EpochPlan
+from mimo_ds.data.reading import SlotReader
+from mimo_ds.data.records import DataCeilingExceeded
+from mimo_ds.data.shards import ShardIndex, read_index
+from mimo_ds.data.streams import SlotStreams, plain
+from mimo_ds.data.teacher_cache import check_cache
+from mimo_ds.objectives import objective_class
 
 # 2: bad-record counts per shard (1 kept them per reason; a version-1 state still loads, see load_state_dict).
 STATE_VERSION = 2
 EARLIER_EPOCHS = "(earlier epochs)"
-
-
-class _Delivery(NamedTuple):
-    """What a worker hands the main process: a batch (None once it failed), its slot role, the slot's per-shard
-    counts so far, and the ceiling's verdict when the slot went past it."""
-
-    batch: Batch | None
-    role: int
-    counts: dict[str, dict[str, int]]
-    failure: str | None = None
 
 
 @dataclass
@@ -75,7 +45,7 @@ class LoaderSpec:
     """Everything the training loader needs; `build_train_loader` checks it before any worker starts.
 
     `rank` / `world_size` left None are taken from torch.distributed when initialised, else from RANK / WORLD_SIZE.
-    `languages` None means every language of the index (for rows: the languages every row holds).
+    `languages` None means every language of the index (for a parallel kind: the languages every record holds).
     `objective` is a registered objective kind; `student_prompts` is the student's (query prompt, passage prompt),
     `teacher_query_prompt` the teacher's query prompt (teacher roles marked as queries get it).
     `max_bad_fraction` is the ceiling on bad records, judged against the records the epoch plans (docs/data.md).
@@ -114,270 +84,6 @@ def _rank_and_world(spec: LoaderSpec) -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def _load_tokenizer(tokenizer: Any, what: str) -> Any:
-    """A tokenizer object as given, or loaded from a path (offline: the path must hold the tokenizer files)."""
-    if tokenizer is None or not isinstance(tokenizer, (str, os.PathLike)):
-        return tokenizer
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(tokenizer))
-    except OSError as exc:
-        raise ValueError(f"cannot load the {what} tokenizer from {tokenizer}: {exc}") from exc
-
-
-def _shuffled(items: Iterable[Any], size: int, rng: random.Random) -> Iterator[Any]:
-    """A seeded shuffle buffer: memory `size` records, output a function of the input order and the rng only."""
-    if size <= 1:
-        yield from items
-        return
-    buffer: list[Any] = []
-    for item in items:
-        if len(buffer) < size:
-            buffer.append(item)
-            continue
-        j = rng.randrange(size)
-        yield buffer[j]
-        buffer[j] = item
-    rng.shuffle(buffer)
-    yield from buffer
-
-
-class _SlotStreams(IterableDataset):
-    """The per-worker side: reads a slot's records, counts the bad ones, batches and tokenises.
-
-    Yields `_Delivery` items so the main process gathers every worker's counts (and verdict) without a side channel.
-    """
-
-    def __init__(self, spec: LoaderSpec, index: ShardIndex, languages: tuple[str, ...], rank: int, world: int):
-        self.spec = spec
-        self.index = index
-        self.kind = index.kind
-        self.languages = languages
-        self.select = set(languages)
-        self.subset = self.kind == "pairs" and self.select != set(index.languages)
-        self.rank, self.world = rank, world
-        self.workers = max(1, spec.num_workers)
-        self.student_tok = _load_tokenizer(spec.student_tokenizer, "student")
-        self.teacher_tok = _load_tokenizer(spec.teacher_tokenizer, "teacher")
-        self.objective = objective_class(spec.objective)
-        self.schedule = self.objective.schedule(languages, spec.seed)
-        self._cache: TeacherCache | None = None  # opened in the worker: memory maps are not for pickling
-        # Per-shard counts of the selected records: what the ordinals number.
-        if self.subset:
-            self.eligible = [sum(s.lang_counts.get(lang, 0) for lang in self.select) for s in index.shards]
-        else:
-            self.eligible = [s.count for s in index.shards]
-        self.total = sum(self.eligible)
-        # Set by the TrainLoader before each iteration (workers are forked per epoch and copy them).
-        self.epoch = 0
-        self.skip = 0
-        self.batches_per_rank = 0
-        self._slot_ceiling = self.ceiling("a slot")  # the worker's own, set when it starts
-
-    # -- the epoch plan ------------------------------------------------------------------------------------------------
-    def shard_order(self, epoch: int) -> list[int]:
-        order = list(range(len(self.index.shards)))
-        if self.spec.shard_shuffle:
-            random.Random(f"{self.spec.seed}/{epoch}/shards").shuffle(order)
-        return order
-
-    def slot_range(self, slot: int) -> tuple[int, int]:
-        slots = self.world * self.workers
-        return slot * self.total // slots, (slot + 1) * self.total // slots
-
-    def batches_per_slot(self) -> int:
-        return (self.total // (self.world * self.workers)) // self.spec.batch_size
-
-    # -- reading -------------------------------------------------------------------------------------------------------
-    def _judge(self, key: str, record: dict[str, Any] | None, bad: BadRecord | None) -> tuple[bool, BadRecord | None]:
-        """(eligible, bad): whether the member takes an ordinal, and why it cannot be used (None: usable)."""
-        if bad is None:
-            known = self.index.languages if self.kind == "pairs" else self.languages
-            bad = check_member(key, record, self.kind, known)
-        if not self.subset:
-            return True, bad
-        # A pair in an unselected language takes no ordinal; an unreadable one neither (its language is unknown).
-        lang = record.get("lang") if isinstance(record, dict) else None
-        return lang in self.select, bad
-
-    def _read_shard(
-        self, shard: ShardInfo, base: int, n: int, lo: int, hi: int, counts: ShardCounts
-    ) -> Iterator[tuple[int, int, dict[str, Any] | None]]:
-        """(ordinal, write position, record or None when bad) for each eligible member of `shard`.
-
-        `base` is the shard's first ordinal and `n` its eligible count from the index. Bad records are counted when
-        this slot ([lo, hi)) owns them, so that each is counted once over all slots: an eligible one by the slot
-        holding its ordinal; one taking no ordinal by the slot holding the ordinal before it (slot 0 for none);
-        records lost to a broken, short, missing or altered shard by the slots holding their ordinals.
-        """
-        tally = counts[shard.name]
-        c = base
-        if (altered := check_shard_file(self.index.path(shard), shard, full=True)) is not None:
-            if (owned := min(hi, base + n) - max(lo, c)) > 0:
-                tally[altered.reason] += owned
-            return
-        try:
-            for member in iter_shard(self.index.path(shard)):
-                eligible, bad = self._judge(member.key, member.record, member.bad)
-                if eligible and c >= base + n:
-                    eligible, bad = False, BadRecord(UNINDEXED, f"{shard.name} holds more records than its index")
-                if eligible:
-                    if bad is not None and lo <= c < hi:
-                        tally[bad.reason] += 1
-                    yield c, shard.start + member.ordinal, (None if bad else member.record)
-                    c += 1
-                elif bad is not None and (lo < c <= hi or lo == c == 0):
-                    tally[bad.reason] += 1
-        except ShardReadError as exc:
-            lost = MISSING_SHARD if isinstance(exc.cause, FileNotFoundError) else TRUNCATED_SHARD
-        else:
-            lost = TRUNCATED_SHARD
-        if (owned := min(hi, base + n) - max(lo, c)) > 0:
-            tally[lost] += owned
-
-    def planned(self, batches_per_rank: int) -> int:
-        """Records the epoch plans over all ranks: every selected record, or (resampled) the batches' records."""
-        if self.spec.resampled:
-            return batches_per_rank * self.spec.batch_size * self.world
-        return self.total
-
-    def ceiling(self, where: str) -> Ceiling:
-        return Ceiling(self.spec.max_bad_fraction, self.planned(self.batches_per_rank), self.epoch,
-                       f"{where} of {self.index.folder}", {s.name: s.count for s in self.index.shards})
-
-    def _range_records(self, order: list[int], lo: int, hi: int, counts: ShardCounts) -> Iterator[tuple[int, dict]]:
-        """The good records with ordinals in [lo, hi), in epoch order; reads on to the next eligible record after
-        them so the bad records in between are counted."""
-        start = 0
-        for i in order:
-            shard, n = self.index.shards[i], self.eligible[i]
-            if lo > 0 and start + n <= lo:
-                start += n
-                continue
-            done = False
-            for c, pos, record in self._read_shard(shard, start, n, lo, hi, counts):
-                if c >= hi:
-                    done = True
-                    break
-                if record is not None and c >= lo:
-                    counts[shard.name][GOOD] += 1
-                    yield pos, record
-            self._slot_ceiling.check(counts)
-            if done:
-                return
-            start += n
-
-    def _borrowed_records(self, order: list[int], after: int, counts: ShardCounts) -> Iterator[tuple[int, dict]]:
-        """Good records from ordinal `after` on, cycling through the epoch: only read when bad records left a slot
-        short. Their bad records are other slots' to count."""
-        while True:
-            found = False
-            start = 0
-            for i in order:
-                shard, n = self.index.shards[i], self.eligible[i]
-                if start + n > after:
-                    for c, pos, record in self._read_shard(shard, start, n, 0, 0, defaultdict(Counter)):
-                        if record is not None and c >= after:
-                            found = True
-                            counts[shard.name][BORROWED] += 1
-                            yield pos, record
-                start += n
-            if not found and after == 0:
-                raise DataCeilingExceeded(f"no readable record left in {self.index.folder} to fill a batch; "
-                                          f"{self._slot_ceiling.where} read bad shards: {describe_shards(counts)}")
-            after = 0
-
-    def _resampled_records(self, slot: int, counts: ShardCounts) -> Iterator[tuple[int, dict]]:
-        rng = random.Random(f"{self.spec.seed}/{self.epoch}/{slot}/resample")
-        shards = list(range(len(self.index.shards)))
-        idle = 0
-        while True:
-            (i,) = rng.choices(shards, weights=self.eligible)
-            shard = self.index.shards[i]
-            found = False
-            for _, pos, record in self._read_shard(shard, 0, self.eligible[i], 0, self.total + 1, counts):
-                if record is not None:
-                    found = True
-                    counts[shard.name][GOOD] += 1
-                    yield pos, record
-            self._slot_ceiling.check(counts)
-            idle = 0 if found else idle + 1
-            if idle > 4 * len(shards):
-                raise DataCeilingExceeded(f"{idle} shards drawn from {self.index.folder} in a row held no readable "
-                                          f"record: {describe_shards(counts)}")
-
-    def slot_records(self, slot: int, counts: ShardCounts) -> Iterator[tuple[int, dict]]:
-        rng = random.Random(f"{self.spec.seed}/{self.epoch}/{slot}/samples")
-        if self.spec.resampled:
-            yield from _shuffled(self._resampled_records(slot, counts), self.spec.shuffle_buffer, rng)
-            return
-        order = self.shard_order(self.epoch)
-        lo, hi = self.slot_range(slot)
-        yield from _shuffled(self._range_records(order, lo, hi, counts), self.spec.shuffle_buffer, rng)
-        yield from self._borrowed_records(order, hi, counts)
-
-    # -- batches -------------------------------------------------------------------------------------------------------
-    def _tokenize(self, tokenizer: Any, texts: list[str], max_length: int) -> Tokens:
-        # padding="longest" = dynamic padding; the side is the tokenizer's own (left for decoder teachers).
-        enc = tokenizer(texts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
-        return {"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()}
-
-    def _languages(self, chunk: list[tuple[int, dict]]) -> tuple[list[dict[str, str]] | None, dict[str, list[str]]]:
-        """Each row's language per student role (from the schedule, or a pair's own), and the same as lists."""
-        roles = [role.name for role in self.objective.student_roles]
-        if self.schedule is None:
-            return None, {role: [r["lang"] for _, r in chunk] for role in roles}
-        plans = [self.schedule(pos) for pos, _ in chunk]
-        return plans, {role: [p[role] for p in plans] for role in roles}
-
-    def collate(self, chunk: list[tuple[int, dict]]) -> Batch:
-        records = [r for _, r in chunk]
-        plans, languages = self._languages(chunk)
-        student = role_texts(self.objective.student_roles, records, self.kind, plans, self.spec.student_prompts)
-        batch = Batch(ids=[r["id"] for r in records], languages=languages,
-                      student={role: self._tokenize(self.student_tok, texts, self.spec.student_max_length)
-                               for role, texts in student.items()})
-        if not self.objective.needs_teacher():
-            return batch
-        teacher = teacher_texts(self.objective, records, self.spec.teacher_query_prompt)
-        if self.spec.teacher_cache is None:
-            batch.teacher = {role: self._tokenize(self.teacher_tok, texts, self.spec.teacher_max_length)
-                             for role, texts in teacher.items()}
-        else:
-            if self._cache is None:
-                self._cache = TeacherCache.open(self.spec.teacher_cache)
-            batch.teacher_embeddings = self._cache.take([pos for pos, _ in chunk], batch.ids, teacher)
-        return batch
-
-    def __iter__(self) -> Iterator[_Delivery]:
-        info = get_worker_info()
-        worker = info.id if info is not None else 0
-        if info is not None and info.num_workers != self.workers:
-            raise RuntimeError(f"planned for {self.workers} workers, running under {info.num_workers}")
-        role = (worker + self.skip) % self.workers
-        slot = self.rank * self.workers + role
-        mine = len(range(role, self.batches_per_rank, self.workers))
-        skip = len(range(role, self.skip, self.workers))
-        counts: ShardCounts = defaultdict(Counter)
-        self._slot_ceiling = self.ceiling(f"rank {self.rank} slot {slot}")
-        records = self.slot_records(slot, counts)
-        for b in range(mine):
-            try:
-                chunk = list(islice(records, self.spec.batch_size))
-            except DataCeilingExceeded as exc:
-                yield _Delivery(None, role, _plain(counts), str(exc))
-                return
-            if b < skip:
-                continue
-            yield _Delivery(self.collate(chunk), role, _plain(counts))
-
-
-def _plain(counts: ShardCounts) -> dict[str, dict[str, int]]:
-    """Counts as plain dicts: what crosses from a worker, and what a state holds."""
-    return {shard: dict(c) for shard, c in counts.items()}
-
-
 class TrainLoader:
     """Iterate it for the rest of the current epoch's batches (docs/data-contract.md); then the epoch advances.
 
@@ -386,7 +92,7 @@ class TrainLoader:
     with exactly the batches that were left.
     """
 
-    def __init__(self, spec: LoaderSpec, streams: _SlotStreams):
+    def __init__(self, spec: LoaderSpec, streams: SlotStreams):
         self.spec = spec
         self._streams = streams
         self.epoch = 0
@@ -396,12 +102,13 @@ class TrainLoader:
 
     @property
     def languages(self) -> tuple[str, ...]:
-        return self._streams.languages
+        return self._streams.plan.languages
 
     def __len__(self) -> int:
         if self.spec.resampled:
             return int(self.spec.steps_per_epoch or 0)
-        available = self._streams.batches_per_slot() * self._streams.workers
+        plan = self._streams.plan
+        available = plan.batches_per_slot() * plan.workers
         return min(available, self.spec.steps_per_epoch) if self.spec.steps_per_epoch else available
 
     def __iter__(self) -> Iterator[Batch]:
@@ -467,8 +174,8 @@ class TrainLoader:
     def _identity(self) -> dict[str, Any]:
         s = self.spec
         return {
-            "world_size": self._streams.world,
-            "num_workers": self._streams.workers,
+            "world_size": self._streams.plan.world,
+            "num_workers": self._streams.plan.workers,
             "batch_size": s.batch_size,
             "seed": s.seed,
             "objective": s.objective,
@@ -477,7 +184,7 @@ class TrainLoader:
             "steps_per_epoch": len(self),
             "shard_shuffle": s.shard_shuffle,
             "shuffle_buffer": s.shuffle_buffer,
-            "data": self._streams.index.fingerprint(),
+            "data": self._streams.plan.index.fingerprint(),
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -487,7 +194,7 @@ class TrainLoader:
             "epoch": self.epoch,
             "batches_done": self.batches_done,
             "identity": self._identity(),
-            "counts": _plain(self._past_counts),
+            "counts": plain(self._past_counts),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -533,9 +240,9 @@ def build_train_loader(spec: LoaderSpec) -> TrainLoader:
     if spec.resampled and not spec.steps_per_epoch:
         raise ValueError("resampled mode needs steps_per_epoch (the fixed number of batches per epoch per rank)")
     index = read_index(spec.shards, require_files=False)
-    if index.kind != objective.shards:
+    if index.record_kind != objective.shards:
         raise ValueError(f"objective {spec.objective!r} needs {objective.shards} shards; {index.folder} holds {index.kind}")
-    available = index.languages if index.kind == "pairs" else index.row_languages
+    available = index.available_languages
     languages = tuple(sorted(set(spec.languages))) if spec.languages is not None else tuple(available)
     if unknown := sorted(set(languages) - set(available)):
         raise ValueError(f"languages {unknown} are not in {index.folder} (it has {list(available)})")
@@ -548,16 +255,22 @@ def build_train_loader(spec: LoaderSpec) -> TrainLoader:
     rank, world = _rank_and_world(spec)
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} is not in 0..{world - 1}")
-    streams = _SlotStreams(spec, index, languages, rank, world)
+    plan = EpochPlan(index, languages, world, max(1, spec.num_workers), spec.batch_size, spec.seed, spec.shard_shuffle)
+    collate = Collator(objective, languages, spec.seed, student_tokenizer=spec.student_tokenizer,
+                       student_prompts=spec.student_prompts, student_max_length=spec.student_max_length,
+                       teacher_tokenizer=spec.teacher_tokenizer, teacher_query_prompt=spec.teacher_query_prompt,
+                       teacher_max_length=spec.teacher_max_length, teacher_cache=spec.teacher_cache)
+    streams = SlotStreams(plan, SlotReader(plan, spec.shuffle_buffer, spec.resampled), collate, rank,
+                          spec.max_bad_fraction, spec.batch_size)
     loader = TrainLoader(spec, streams)
     if not spec.resampled and len(loader) == 0:
         raise ValueError(
-            f"{index.folder} has {streams.total} records for languages {list(languages)}: too few for one batch of "
-            f"{spec.batch_size} on each of {world} ranks × {streams.workers} workers"
+            f"{index.folder} has {plan.total} records for languages {list(languages)}: too few for one batch of "
+            f"{spec.batch_size} on each of {world} ranks × {plan.workers} workers"
         )
-    if not spec.resampled and spec.steps_per_epoch and spec.steps_per_epoch > streams.batches_per_slot() * streams.workers:
+    if not spec.resampled and spec.steps_per_epoch and spec.steps_per_epoch > plan.batches_per_slot() * plan.workers:
         raise ValueError(
-            f"steps_per_epoch {spec.steps_per_epoch} exceeds the {streams.batches_per_slot() * streams.workers} "
+            f"steps_per_epoch {spec.steps_per_epoch} exceeds the {plan.batches_per_slot() * plan.workers} "
             f"batches an epoch of {index.folder} holds per rank; use resampled mode for more"
         )
     return loader

@@ -1,5 +1,8 @@
 """Shard records (docs/data-contract.md): decoding and validation with a reason for every rejection.
 
+What a valid record of a kind holds is the kind's declaration (`mimo_ds.record_kinds`); the checks here implement
+its two languages rules once each.
+
 The writer refuses a bad record (a converter bug must not reach a shard); the loader skips a bad record and counts it
 under its reason, so the same checks serve both and a corpus never loses a record silently.
 """
@@ -8,12 +11,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Collection, Literal
+from typing import Any, Collection
 
 from mimo_ds.errors import RunError
-
-Kind = Literal["pairs", "rows"]
-KINDS: tuple[str, ...] = ("pairs", "rows")
+from mimo_ds.record_kinds import ENGLISH, RecordKind, record_kind
 
 # Reason codes, the keys of the loader's bad-record counts.
 BAD_JSON = "bad_json"
@@ -74,65 +75,61 @@ def _check_text(value: Any, field: str) -> BadRecord | None:
     return None
 
 
-def check_pair(record: dict[str, Any], languages: Collection[str] | None = None) -> BadRecord | None:
-    """A stage-1 pair: id, lang, text, en (source optional); `languages` (if given) is the set of known codes."""
-    for field in ("id", "lang", "text", "en"):
+def check_record(record: Any, kind: RecordKind | str, languages: Collection[str] | None = None) -> BadRecord | None:
+    """None when `record` is a valid record of `kind` (`mimo_ds.record_kinds`), else the reason it is not.
+
+    `languages`, if given: for a tagged kind the known codes (a record's `lang` must be one); for a parallel kind the
+    codes every record must hold (the loader's selection; codes beyond it are allowed).
+    """
+    kind = record_kind(kind)
+    if not isinstance(record, dict):
+        return BadRecord(NOT_OBJECT, f"record must be a JSON object, got {type(record).__name__}")
+    for field in kind.required:
         if field not in record:
-            return BadRecord(MISSING_FIELD, f"pair has no {field!r}")
+            return BadRecord(MISSING_FIELD, f"{kind} record has no {field!r}")
     if bad := check_id(record["id"]):
         return bad
+    return _check_parallel(record, kind, languages) if kind.parallel else _check_tagged(record, kind, languages)
+
+
+def _check_tagged(record: dict[str, Any], kind: RecordKind, languages: Collection[str] | None) -> BadRecord | None:
+    """One language, the record's `lang`; each text field a non-empty string."""
     lang = record["lang"]
     if not isinstance(lang, str) or not lang:
         return BadRecord(UNKNOWN_LANGUAGE, f"lang must be a non-empty string, got {lang!r}")
     if languages is not None and lang not in languages:
         return BadRecord(UNKNOWN_LANGUAGE, f"lang {lang!r} is not one of {sorted(languages)}")
-    for field in ("text", "en"):
+    for field in kind.fields:
         if bad := _check_text(record[field], field):
             return bad
     return None
 
 
-def check_row(record: dict[str, Any], languages: Collection[str] | None = None) -> BadRecord | None:
-    """A stage-2 row: id, query and passage as language → text maps holding the same languages, `en` among them.
-
-    With `languages` given, the row must hold each of them (the loader's selection); codes beyond it are allowed.
-    """
-    for field in ("id", "query", "passage"):
-        if field not in record:
-            return BadRecord(MISSING_FIELD, f"row has no {field!r}")
-    if bad := check_id(record["id"]):
-        return bad
-    query, passage = record["query"], record["passage"]
-    if not isinstance(query, dict) or not isinstance(passage, dict):
-        return BadRecord(NOT_OBJECT, "query and passage must be language → text objects")
-    if set(query) != set(passage):
-        only_q, only_p = sorted(set(query) - set(passage)), sorted(set(passage) - set(query))
-        return BadRecord(MISMATCHED_ROW, f"query-only languages {only_q}, passage-only languages {only_p}")
-    if "en" not in query:
-        return BadRecord(MISSING_LANGUAGE, "row has no English side ('en')")
-    if languages is not None and (missing := sorted(set(languages) - set(query))):
-        return BadRecord(MISSING_LANGUAGE, f"row lacks languages {missing}")
-    for lang in query:
+def _check_parallel(record: dict[str, Any], kind: RecordKind, languages: Collection[str] | None) -> BadRecord | None:
+    """Every text field a language → text map over the same languages, English among them."""
+    maps = {field: record[field] for field in kind.fields}
+    if not all(isinstance(texts, dict) for texts in maps.values()):
+        return BadRecord(NOT_OBJECT, f"{', '.join(kind.fields)} must be language → text objects")
+    first, *others = kind.fields
+    for field in others:
+        if set(maps[field]) != set(maps[first]):
+            only_a, only_b = sorted(set(maps[first]) - set(maps[field])), sorted(set(maps[field]) - set(maps[first]))
+            return BadRecord(MISMATCHED_ROW, f"{first}-only languages {only_a}, {field}-only languages {only_b}")
+    if ENGLISH not in maps[first]:
+        return BadRecord(MISSING_LANGUAGE, f"{kind} record has no English side ({ENGLISH!r})")
+    if languages is not None and (missing := sorted(set(languages) - set(maps[first]))):
+        return BadRecord(MISSING_LANGUAGE, f"{kind} record lacks languages {missing}")
+    for lang in maps[first]:
         if not isinstance(lang, str) or not lang:
             return BadRecord(UNKNOWN_LANGUAGE, f"language code {lang!r} is not a non-empty string")
-        for field, texts in (("query", query), ("passage", passage)):
+        for field, texts in maps.items():
             if bad := _check_text(texts[lang], f"{field}[{lang!r}]"):
                 return bad
     return None
 
 
-def check_record(record: Any, kind: Kind, languages: Collection[str] | None = None) -> BadRecord | None:
-    """None when `record` is a valid record of `kind`, else the reason it is not."""
-    if not isinstance(record, dict):
-        return BadRecord(NOT_OBJECT, f"record must be a JSON object, got {type(record).__name__}")
-    if kind == "pairs":
-        return check_pair(record, languages)
-    if kind == "rows":
-        return check_row(record, languages)
-    raise ValueError(f"unknown shard kind {kind!r}; expected one of {KINDS}")
-
-
-def check_member(key: str, record: Any, kind: Kind, languages: Collection[str] | None = None) -> BadRecord | None:
+def check_member(key: str, record: Any, kind: RecordKind | str,
+                 languages: Collection[str] | None = None) -> BadRecord | None:
     """`check_record`, and the record's id must be the key it is stored under (the schedules count on it)."""
     if bad := check_record(record, kind, languages):
         return bad
@@ -156,8 +153,3 @@ def decode_record(data: bytes) -> tuple[dict[str, Any] | None, BadRecord | None]
 def encode_record(record: dict[str, Any]) -> bytes:
     """Compact UTF-8 JSON (non-ASCII kept as is: smaller shards, readable with `tar -xO`)."""
     return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def record_languages(record: dict[str, Any], kind: Kind) -> set[str]:
-    """The languages a valid record carries: its `lang` for a pair, the row's language codes for a row."""
-    return {record["lang"]} if kind == "pairs" else set(record["query"])

@@ -22,17 +22,15 @@ import webdataset as wds
 from mimo_ds.data.jsonfile import read_versioned_json
 from mimo_ds.data.records import (
     HASH_MISMATCH,
-    KINDS,
     MISSING_MEMBER,
     MISSING_SHARD,
     SIZE_MISMATCH,
     BadRecord,
-    Kind,
     check_record,
     decode_record,
     encode_record,
-    record_languages,
 )
+from mimo_ds.record_kinds import RecordKind, record_kind
 
 INDEX_NAME = "index.json"
 # Format 1 gained `size` and `sha256` per shard without a bump: they are optional, so an index written before them
@@ -71,13 +69,23 @@ class ShardIndex:
     """A shard folder's `index.json`, checked."""
 
     folder: Path
-    kind: Kind
+    kind: str
     shards: tuple[ShardInfo, ...]
     languages: tuple[str, ...]
     row_languages: tuple[str, ...]
     source: str | None
     filter_report: dict[str, Any]
     raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def record_kind(self) -> RecordKind:
+        """The declaration of `kind` (checked when the index was read)."""
+        return record_kind(self.kind)
+
+    @property
+    def available_languages(self) -> tuple[str, ...]:
+        """The languages a loader may select: any of a tagged kind's, those every record holds of a parallel kind's."""
+        return self.row_languages if self.record_kind.parallel else self.languages
 
     @property
     def total(self) -> int:
@@ -97,7 +105,7 @@ class ShardIndex:
 def write_shards(
     records: Iterable[dict[str, Any]],
     out_dir: str | os.PathLike[str],
-    kind: Kind,
+    kind: RecordKind | str,
     shard_size: int,
     *,
     source: str | None = None,
@@ -110,8 +118,7 @@ def write_shards(
     `index.json` is written last, so a folder without one is an interrupted conversion. A bad record raises with the
     record's position and id: converters are expected to filter (and count) before writing. Returns the index path.
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    kind = record_kind(kind)
     if shard_size < 1:
         raise ValueError(f"shard_size must be ≥ 1, got {shard_size}")
     out = Path(out_dir)
@@ -153,7 +160,7 @@ def write_shards(
                 writer = wds.TarWriter(str(out / name), encoder=False, mtime=0, format="PAX_FORMAT")
                 count, lang_counts = 0, Counter()
             writer.write({"__key__": record["id"], MEMBER: encode_record(record)})
-            langs = record_languages(record, kind)
+            langs = kind.record_languages(record)
             count += 1
             lang_counts.update(langs)
             languages.update(langs)
@@ -167,12 +174,12 @@ def write_shards(
 
     index = {
         "format": INDEX_FORMAT,
-        "kind": kind,
+        "kind": kind.name,
         "source": source,
         "total": sum(s["count"] for s in shards),
         "languages": sorted(languages),
         "language_counts": dict(sorted(languages.items())),
-        "row_languages": sorted(row_languages or ()) if kind == "rows" else None,
+        "row_languages": sorted(row_languages or ()) if kind.parallel else None,
         "shards": shards,
         "filter_report": filter_report or {},
         **(extra or {}),
@@ -204,8 +211,10 @@ def read_index(folder: str | os.PathLike[str], require_files: bool = True) -> Sh
     path = folder / INDEX_NAME
     raw = read_versioned_json(path, INDEX_FORMAT, f"is {folder} a shard folder written by `mimo-ds shards`?")
     kind = raw.get("kind")
-    if kind not in KINDS:
-        raise ValueError(f"{path}: kind {kind!r} is not one of {KINDS}")
+    try:
+        record_kind(kind)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     shards, start = [], 0
     for i, entry in enumerate(raw.get("shards") or []):
         try:

@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from mimo_ds.data.jsonfile import read_versioned_json
-from mimo_ds.data.records import KEY_MISMATCH, MISSING_SHARD, TRUNCATED_SHARD, UNINDEXED, BadRecord, check_record
+from mimo_ds.data.records import MISSING_SHARD, TRUNCATED_SHARD, UNINDEXED, BadRecord, check_member
 from mimo_ds.data.shards import ShardIndex, ShardReadError, iter_shard, read_index
 from mimo_ds.models.fingerprint import CHECKED_KEYS, fingerprint_of
 from mimo_ds.models.teacher import config_width
@@ -64,15 +64,14 @@ def text_hashes(texts: dict[str, list[str]]) -> np.ndarray:
 # -- writing ----------------------------------------------------------------------------------------------------------
 def _good_records(index: ShardIndex, skipped: Counter[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     """(write position, record) for every usable record, in write order; unusable ones are counted by reason."""
-    known = index.languages if index.kind == "pairs" else None
+    kind = index.record_kind
+    known = None if kind.parallel else index.languages
     for shard in index.shards:
         read = 0
         try:
             for member in iter_shard(index.path(shard)):
                 read += 1
-                bad = member.bad or check_record(member.record, index.kind, known)
-                if bad is None and member.record["id"] != member.key:
-                    bad = BadRecord(KEY_MISMATCH, f"id {member.record['id']!r} under key {member.key!r}")
+                bad = member.bad or check_member(member.key, member.record, kind, known)
                 if bad is None and member.ordinal >= shard.count:
                     bad = BadRecord(UNINDEXED, f"{shard.name} holds more records than its index")
                 if bad is not None:
@@ -113,7 +112,7 @@ def write_cache(
     if not objective.needs_teacher():
         raise ValueError(f"objective {objective.kind!r} uses no teacher: there is nothing to cache")
     index = read_index(shards)
-    if index.kind != objective.shards:
+    if index.record_kind != objective.shards:
         raise ValueError(f"objective {objective.kind!r} reads {objective.shards}; {index.folder} holds {index.kind}")
     out = Path(out)
     if (out / META_NAME).exists():

@@ -31,10 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mimo_ds.catalogues import catalogue_table, django_catalogues
 from mimo_ds.data.filters import FilterReport, RawPair, Stage1Filters, filter_pairs, filter_rows
-from mimo_ds.data.gettext import MIN_ROW_WORDS, catalogue_table, django_catalogues, gettext_pairs, gettext_rows
+from mimo_ds.data.gettext import MIN_ROW_WORDS, gettext_pairs, gettext_rows
 from mimo_ds.data.shards import write_shards
 from mimo_ds.data.splits import HELDOUT_BUCKETS
+from mimo_ds.record_kinds import PAIRS, ROWS
 
 RESERVED = ("weblate", "sphinx")
 # Our code → the locale folder names to try, in order (the first that has catalogues wins).
@@ -178,7 +180,7 @@ def build_pairs(out_dir: str | Path, sources: Sequence[str], languages: Sequence
     report = FilterReport()
     records = filter_pairs(_shuffled_pairs(by_source, report, seed), filters, report, "wp")
     report_dict = {**report.as_dict(filters), **_split_note(), "catalogues": _catalogue_lists(by_source)}
-    return write_shards(records, out_dir, "pairs", shard_size, source="+".join(sources), filter_report=report_dict,
+    return write_shards(records, out_dir, PAIRS, shard_size, source="+".join(sources), filter_report=report_dict,
                         extra={"pairs_by_source": _pair_counts(records)})
 
 
@@ -196,7 +198,7 @@ def build_rows(out_dir: str | Path, sources: Sequence[str], languages: Sequence[
     report.notes.append(f"rows: English msgids of ≥ {MIN_ROW_WORDS} words translated in all of {sorted(languages)}; "
                         "query = first half of the words (characters for scripts without spaces)")
     report_dict = {**report.as_dict(None), **_split_note(), "catalogues": _catalogue_lists(by_source)}
-    return write_shards(records, out_dir, "rows", shard_size, source="+".join(sources), filter_report=report_dict,
+    return write_shards(records, out_dir, ROWS, shard_size, source="+".join(sources), filter_report=report_dict,
                         extra={"rows_by_source": _row_sources(by_source, records)})
 
 

@@ -26,6 +26,13 @@ Role = Literal["query", "passage"]
 EncodeFn = Callable[[list[str], Role], Tensor]
 
 
+def prompted(texts: Sequence[str], role: Role, query_prompt: str, passage_prompt: str) -> list[str]:
+    """The evaluation-time prompt rule, one home for `HFEncoder` and the trainer's in-training evaluation: a query
+    gets the model's query prompt, a passage its passage prompt, in front of the text."""
+    prompt = query_prompt if role == "query" else passage_prompt
+    return [prompt + t for t in texts]
+
+
 class Encoder(Protocol):
     """Anything with `encode(texts, role) -> FloatTensor[n, d]`, L2-normalised rows."""
 
@@ -77,8 +84,8 @@ class HFEncoder:
 
     @torch.inference_mode()
     def encode(self, texts: list[str], role: Role) -> Tensor:
-        prompt = self.prompts[role]
-        emb = encode_texts(pooled_forward(self.model, self.pooling), self.tokenizer, [prompt + t for t in texts],
+        texts = prompted(texts, role, self.prompts["query"], self.prompts["passage"])
+        emb = encode_texts(pooled_forward(self.model, self.pooling), self.tokenizer, texts,
                            max_length=self.max_length, batch_size=self.batch_size, device=self.device)
         return F.normalize(emb, dim=-1)
 

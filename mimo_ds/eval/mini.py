@@ -16,9 +16,9 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from mimo_ds.catalogues import catalogue_table, django_catalogues, django_locale
 from mimo_ds.data.filters import FilterReport
-from mimo_ds.data.gettext import (DEMO_LANGUAGES, MIN_ROW_WORDS, catalogue_table, check_django_catalogues,
-                                  django_catalogues, django_locale, half_text)
+from mimo_ds.data.gettext import DEMO_LANGUAGES, MIN_ROW_WORDS, check_django_catalogues, half_text
 from mimo_ds.data.splits import is_heldout
 from mimo_ds.eval.benchmark import write_benchmark
 from mimo_ds.eval.builders import build_english_query_mlir, build_mlir, build_multi_monolingual

@@ -366,10 +366,9 @@ def compare_with_engine(folder: Path, texts: dict[str, list[str]], is_query: boo
 
 def _sample_texts(per_language: int, languages: list[str]) -> dict[str, list[str]]:
     """Translated Django strings (the demo extra installs Django): the same messages in every language."""
-    from mimo_ds.data.filters import FilterReport
-    from mimo_ds.data.gettext import catalogue_table, django_catalogues
+    from mimo_ds.catalogues import catalogue_table, django_catalogues
 
-    tables = {lang: catalogue_table(django_catalogues(lang), lang, FilterReport()) for lang in languages if lang != "en"}
+    tables = {lang: catalogue_table(django_catalogues(lang), lang) for lang in languages if lang != "en"}
     common = sorted(set.intersection(*(set(t) for t in tables.values())), key=lambda m: (-len(m), m))
     chosen = [m for m in common if len(m.split()) >= 4][:per_language]
     return {lang: [m if lang == "en" else tables[lang][m] for m in chosen] for lang in languages}

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from mimo_ds.batch import Embedded
 from mimo_ds.config import Pooling, StudentConfig
-from mimo_ds.models.embedded import Embedded
 from mimo_ds.models.loading import load_encoder, resolve_model_path
 from mimo_ds.models.pooling import pool
 from mimo_ds.stage_output import STUDENT_DIR, read_projection, read_student_meta

@@ -12,8 +12,8 @@ import torch
 from torch.nn import functional as F
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from mimo_ds.batch import Tokens
 from mimo_ds.config import TeacherConfig
-from mimo_ds.data.batch import Tokens
 from mimo_ds.models.encoding import encode_tokens, pooled_forward
 from mimo_ds.models.fingerprint import fingerprint_of
 from mimo_ds.models.loading import load_encoder, load_tokenizer, resolve_model_path

@@ -2,7 +2,8 @@
 
 An objective subclasses `Objective` and states, as class attributes:
 - `kind` (the `objective.kind` of a run config) and `stage` (1 or 2);
-- `shards`: the shard kind it reads, "pairs" (stage 1) or "rows" (stage 2);
+- `shards`: the record kind it reads (`mimo_ds.record_kinds`: `PAIRS` for stage 1, `ROWS` for stage 2, or a kind
+  declared elsewhere), whose fields its roles may read;
 - `Settings`: its hyper-parameters as a typed config section (an `ObjectiveSettings` subclass whose `kind` is a
   `Literal` of the objective's kind); the run config's `objective:` section is validated against it;
 - `student_roles`: the texts the student embeds per row, each a `Role` naming the record side it reads and whether
@@ -22,29 +23,39 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 
+from mimo_ds.batch import Embedded
 from mimo_ds.config_base import Strict
-from mimo_ds.data.schedules import RoleLanguages
-from mimo_ds.models.embedded import Embedded
-
-ShardKind = Literal["pairs", "rows"]
+from mimo_ds.objectives.schedules import RoleLanguages
+from mimo_ds.record_kinds import RecordKind
 
 
 class ObjectiveSettings(Strict):
-    """Base of every objective's typed hyper-parameters; subclasses narrow `kind` to their own Literal."""
+    """Base of every objective's typed hyper-parameters; subclasses narrow `kind` to their own Literal.
+
+    `swept` names the settings a sweep of the objective varies (a loss weight, such as MIMO's λ), each with the name
+    its runs are tagged and plotted under: the trainer tags every run with them (`mimo_ds.tracking.sweep_tags`) and
+    `mimo-ds compare` draws each sweep it finds, whatever the objective.
+    """
 
     kind: str
+    swept: ClassVar[dict[str, str]] = {}
+
+    def swept_values(self) -> dict[str, str]:
+        """Tag name → this run's value, for each swept setting."""
+        return {name: str(getattr(self, setting)) for setting, name in self.swept.items()}
 
 
 @dataclass(frozen=True)
 class Role:
     """One text of a training row as an objective sees it.
 
-    `name` is the batch key; `side` the record field the text comes from ("text"/"en" of a pair, "query"/"passage"
-    of a row, in the language the schedule gives the role, English for teacher roles); `query` whether it is a query.
+    `name` is the batch key; `side` the record field the text comes from (one of the kind's `fields`: "text"/"en" of
+    a pair, "query"/"passage" of a row in the language the schedule gives the role, English for teacher roles);
+    `query` whether it is a query.
     """
 
     name: str
@@ -66,7 +77,7 @@ class Objective:
 
     kind: ClassVar[str]
     stage: ClassVar[int]
-    shards: ClassVar[ShardKind]
+    shards: ClassVar[RecordKind]
     Settings: ClassVar[type[ObjectiveSettings]]
     student_roles: ClassVar[tuple[Role, ...]]
     teacher_roles: ClassVar[tuple[Role, ...]] = ()
@@ -89,7 +100,7 @@ class Objective:
 
     @classmethod
     def schedule(cls, languages: Sequence[str], seed: int) -> RoleLanguages | None:
-        """Position → {student role: language}; None for pairs, whose language is the record's own."""
+        """Position → {student role: language}; None for a tagged kind, whose record names its own language."""
         return None
 
     def __call__(self, student: dict[str, Embedded], teacher: dict[str, torch.Tensor]) -> LossOutput:
@@ -104,9 +115,16 @@ def _check_declaration(cls: type[Objective]) -> None:
     names = [r.name for r in (*cls.student_roles, *cls.teacher_roles)]
     if len(set(names)) != len(names):
         raise TypeError(f"objective {cls.__name__} has duplicate role names: {names}")
-    sides = {"pairs": {"text", "en"}, "rows": {"query", "passage"}}[cls.shards]
+    if not isinstance(cls.shards, RecordKind):
+        raise TypeError(f"objective {cls.__name__}: shards must be a RecordKind (mimo_ds.record_kinds), got {cls.shards!r}")
+    if cls.shards.parallel and cls.schedule.__func__ is Objective.schedule.__func__:  # type: ignore[attr-defined]
+        raise TypeError(f"objective {cls.__name__} reads {cls.shards}, whose records hold every language: it must "
+                        "declare a schedule (which language each student role gets per row)")
+    sides = cls.shards.fields
     if bad := [r.name for r in (*cls.student_roles, *cls.teacher_roles) if r.side not in sides]:
-        raise TypeError(f"objective {cls.__name__}: roles {bad} read sides that {cls.shards} records lack ({sides})")
+        raise TypeError(f"objective {cls.__name__}: roles {bad} read sides that {cls.shards} records lack {sides}")
+    if unknown := sorted(set(cls.Settings.swept) - set(cls.Settings.model_fields)):
+        raise TypeError(f"{cls.Settings.__name__}.swept names settings it does not have: {unknown}")
     kind_field = cls.Settings.model_fields["kind"].annotation
     if getattr(kind_field, "__args__", None) != (cls.kind,):
         raise TypeError(f"{cls.Settings.__name__}.kind must be Literal[{cls.kind!r}]")
@@ -128,21 +146,20 @@ def build_objective(settings: ObjectiveSettings) -> Objective:
     return objective_class(settings.kind)(settings)
 
 
-def role_texts(roles: Sequence[Role], records: Sequence[dict[str, Any]], shards: ShardKind,
+def role_texts(roles: Sequence[Role], records: Sequence[dict[str, Any]], kind: RecordKind,
                languages: Sequence[dict[str, str]] | None, prompts: tuple[str, str]) -> dict[str, list[str]]:
-    """Role → the exact texts a model sees for these records: the one home of the prompt rule.
+    """Role → the exact texts a model sees for these records of `kind`: the one home of the prompt rule.
 
-    `languages[i]` gives each role's language for record i (rows; None: English, the teacher's side); `prompts` is
-    (query prompt, passage prompt) of the model the texts are for: queries get the first, other roles the second.
+    `languages[i]` gives each role's language for record i (a parallel kind's schedule; None: English, the teacher's
+    side, or a tagged record's own); `prompts` is (query prompt, passage prompt) of the model the texts are for:
+    queries get the first, other roles the second.
     """
     out: dict[str, list[str]] = {}
     for role in roles:
         prompt = prompts[0] if role.query else prompts[1]
-        if shards == "pairs":
-            texts = [r[role.side] for r in records]
-        elif languages is None:
-            texts = [r[role.side]["en"] for r in records]
+        if languages is None:
+            texts = [kind.text(r, role.side, None) for r in records]
         else:
-            texts = [r[role.side][langs[role.name]] for r, langs in zip(records, languages)]
+            texts = [kind.text(r, role.side, langs[role.name]) for r, langs in zip(records, languages)]
         out[role.name] = [prompt + t for t in texts] if prompt else texts
     return out

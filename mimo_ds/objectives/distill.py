@@ -15,9 +15,10 @@ from typing import Literal
 
 import torch
 
-from mimo_ds.models.embedded import Embedded
+from mimo_ds.batch import Embedded
 from mimo_ds.objectives.base import LossOutput, Objective, ObjectiveSettings, Role
 from mimo_ds.objectives.terms import distill_loss
+from mimo_ds.record_kinds import PAIRS
 
 Distance = Literal["cosine", "mse", "l2"]
 
@@ -30,7 +31,7 @@ class DistillSettings(ObjectiveSettings):
 class Distill(Objective):
     kind = "distill"
     stage = 1
-    shards = "pairs"
+    shards = PAIRS
     Settings = DistillSettings
     student_roles = (Role("student", "text"),)
     teacher_roles = (Role("teacher", "en"),)

@@ -16,11 +16,12 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from mimo_ds.data.schedules import RoleLanguages, cross_lingual, same_language
-from mimo_ds.models.embedded import Embedded
+from mimo_ds.batch import Embedded
 from mimo_ds.objectives.base import LossOutput, Objective, ObjectiveSettings
 from mimo_ds.objectives.mimo import NEGATIVES_HELP, QUERY_AND_PASSAGE, Negatives
+from mimo_ds.objectives.schedules import RoleLanguages, cross_lingual, same_language
 from mimo_ds.objectives.terms import info_nce
+from mimo_ds.record_kinds import ROWS
 
 
 class InfoNCESettings(ObjectiveSettings):
@@ -36,7 +37,7 @@ class XLCOSettings(InfoNCESettings):
 class InfoNCE(Objective):
     kind = "infonce"
     stage = 2
-    shards = "rows"
+    shards = ROWS
     Settings = InfoNCESettings
     student_roles = QUERY_AND_PASSAGE
 

@@ -15,20 +15,22 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from mimo_ds.data.schedules import (
+from mimo_ds.batch import Embedded
+from mimo_ds.objectives.base import LossOutput, Objective, ObjectiveSettings, Role
+from mimo_ds.objectives.mimo import NEGATIVES_HELP, Negatives
+from mimo_ds.objectives.schedules import (
     LAKDA_PASSAGE_STREAM,
     RoleLanguages,
     combine,
     cross_lingual,
     same_language,
 )
-from mimo_ds.models.embedded import Embedded
-from mimo_ds.objectives.base import LossOutput, Objective, ObjectiveSettings, Role
-from mimo_ds.objectives.mimo import NEGATIVES_HELP, Negatives
 from mimo_ds.objectives.terms import info_nce, language_kl
+from mimo_ds.record_kinds import ROWS
 
 
 class LaKDASettings(ObjectiveSettings):
+    swept = {"alpha": "alpha"}
     kind: Literal["lakda"]
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the language KL term")
     scale: float = Field(20.0, gt=0.0, description="InfoNCE logit scale (1/temperature)")
@@ -38,7 +40,7 @@ class LaKDASettings(ObjectiveSettings):
 class LaKDA(Objective):
     kind = "lakda"
     stage = 2
-    shards = "rows"
+    shards = ROWS
     Settings = LaKDASettings
     student_roles = (Role("query", "query", query=True), Role("query_b", "query", query=True),
                      Role("passage", "passage"))

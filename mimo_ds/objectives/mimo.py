@@ -16,11 +16,12 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from mimo_ds.data.schedules import RoleLanguages, cross_lingual
-from mimo_ds.models.embedded import Embedded
+from mimo_ds.batch import Embedded
 from mimo_ds.objectives.base import LossOutput, Objective, ObjectiveSettings, Role
 from mimo_ds.objectives.distill import Distance
+from mimo_ds.objectives.schedules import RoleLanguages, cross_lingual
 from mimo_ds.objectives.terms import distill_loss, info_nce
+from mimo_ds.record_kinds import ROWS
 
 Negatives = Literal["local", "global"]
 NEGATIVES_HELP = "in-batch negatives from this rank only (the paper) or keys gathered from all ranks"
@@ -29,6 +30,7 @@ QUERY_AND_PASSAGE = (Role("query", "query", query=True), Role("passage", "passag
 
 
 class MimoSettings(ObjectiveSettings):
+    swept = {"lam": "lambda"}
     kind: Literal["mimo"]
     lam: float = Field(0.2, ge=0.0, le=1.0, description="weight of the cross-lingual InfoNCE term")
     scale: float = Field(20.0, gt=0.0, description="InfoNCE logit scale (1/temperature)")
@@ -39,7 +41,7 @@ class MimoSettings(ObjectiveSettings):
 class Mimo(Objective):
     kind = "mimo"
     stage = 2
-    shards = "rows"
+    shards = ROWS
     Settings = MimoSettings
     student_roles = QUERY_AND_PASSAGE
     teacher_roles = (Role("teacher_query", "query", query=True), Role("teacher_passage", "passage"))

@@ -13,13 +13,15 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from mimo_ds.data.schedules import RoleLanguages, cross_lingual
-from mimo_ds.models.embedded import Embedded
+from mimo_ds.batch import Embedded
 from mimo_ds.objectives import LossOutput, Objective, ObjectiveSettings, Role
+from mimo_ds.objectives.schedules import RoleLanguages, cross_lingual
 from mimo_ds.objectives.terms import distill_loss, info_nce
+from mimo_ds.record_kinds import ROWS
 
 
 class SymmetricMimoSettings(ObjectiveSettings):
+    swept = {"lam": "lambda"}
     kind: Literal["sym_mimo"]
     lam: float = Field(0.5, ge=0.0, le=1.0)
     scale: float = Field(20.0, gt=0.0)
@@ -28,7 +30,7 @@ class SymmetricMimoSettings(ObjectiveSettings):
 class SymmetricMimo(Objective):
     kind = "sym_mimo"
     stage = 2
-    shards = "rows"
+    shards = ROWS
     Settings = SymmetricMimoSettings
     student_roles = (Role("query", "query", query=True), Role("passage", "passage"))
     teacher_roles = (Role("teacher_query", "query", query=True), Role("teacher_passage", "passage"))

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from pydantic import Field
 
-from mimo_ds.models.embedded import Embedded
+from mimo_ds.batch import Embedded
 from mimo_ds.objectives import LossOutput
 from mimo_ds.objectives.mimo import Mimo, MimoSettings
 

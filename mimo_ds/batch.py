@@ -1,9 +1,14 @@
-"""One training batch as the loader hands it to the step: texts tokenised per role, with what identifies them."""
+"""What crosses between the loader, the models, the step and the objectives: tokens, a batch, a role's embeddings.
+
+A leaf module (it imports nothing of mimo_ds): the data loader builds `Batch`es, the models read `Tokens` and return
+`Embedded`, the objectives compute losses on `Embedded`; none of them needs to import another for these types.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -33,3 +38,13 @@ class Batch:
         """Every tokenised role, student and teacher (for throughput counts)."""
         yield from self.student.values()
         yield from self.teacher.values()
+
+
+class Embedded(NamedTuple):
+    """One text field through the student: the native embedding (used for retrieval) and P of it (for distillation).
+
+    A NamedTuple, not a dataclass, so ZeRO-3's module hooks can see the tensors inside the output.
+    """
+
+    emb: torch.Tensor
+    proj: torch.Tensor | None
