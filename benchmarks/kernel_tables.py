@@ -1,10 +1,11 @@
 """docs/kernel.md's GPU tables, generated from the committed result files (never copied by hand).
 
-Reads `benchmarks/results/<gpu>/infonce.json` (the kept kernel), `infonce_backward_attempts.json` (the first run,
-with the fused backward that was dropped) and `infonce_profile.json` (our step, kernel by kernel) and rewrites the
-block between the markers in docs/kernel.md:
+Reads, for every GPU folder, `benchmarks/results/<gpu>/infonce.json` (the kernel against its peers), any
+`infonce_*recheck*.json` re-runs and, where present, `infonce_backward_attempts.json` (the first run, with the fused
+backward that was dropped) and `infonce_profile.json` (our step, kernel by kernel), and rewrites the block between
+the markers in docs/kernel.md:
 
-    python benchmarks/kernel_tables.py [--gpu nvidia-h100-80gb-hbm3] [--check]
+    python benchmarks/kernel_tables.py [--check]
 
 --check exits 1 when the document is not what the result files give (a test runs it).
 """
@@ -174,12 +175,10 @@ def profile(report: dict) -> list[str]:
     return lines
 
 
-def render(gpu: str) -> str:
-    folder = ROOT / "benchmarks" / "results" / gpu
+def render_gpu(folder: Path) -> list[str]:
+    """One GPU's section: its kernel run, goals, re-checks, and (where present) attempts and profile."""
     report = json.loads((folder / "infonce.json").read_text())
-    first = json.loads((folder / "infonce_backward_attempts.json").read_text())
-    prof = json.loads((folder / "infonce_profile.json").read_text())
-    parts = [START, "", _header(report), ""]
+    parts = [f"### {report['host']['gpu']['name']} (`benchmarks/results/{folder.name}/`)", "", _header(report), ""]
     for d in sorted({r["d"] for r in report["results"]}, reverse=True):
         parts += [f"**d = {d}** (ms: median forward+backward; MiB: peak memory above the inputs, gradients "
                   "included; inf-cl computes in fp32 (see below); % of peak: ours against the 8192³ matmul)", "",
@@ -189,25 +188,36 @@ def render(gpu: str) -> str:
         again = json.loads(path.read_text())
         parts += [f"**Re-check** (`{path.name}`, {again['time'][:10]}; 8192³ matmul "
                   f"{again['ceilings']['matmul_8192_tflops']:.0f} TFLOP/s in that run)", "", *recheck(again), ""]
-    parts += [
-              f"**Attempts** (first run, {first['time'][:10]}, same machine kind: the kept workspace backward, then "
-              "with a 64 MiB budget, against the fused two-sweep backward that was removed)", "",
-              *attempts(first), "",
-              f"**Profile** (`benchmarks/infonce_profile.py`, {prof['time'][:10]}: one forward+backward under "
-              "torch.profiler, CUDA time by kernel; rates count 2·M·N·d per part)", "",
-              *profile(prof), "", END]
-    return "\n".join(parts)
+    if (folder / "infonce_backward_attempts.json").is_file():
+        first = json.loads((folder / "infonce_backward_attempts.json").read_text())
+        parts += [f"**Attempts** (first run, {first['time'][:10]}, same machine kind: the kept workspace backward, "
+                  "then with a 64 MiB budget, against the fused two-sweep backward that was removed)", "",
+                  *attempts(first), ""]
+    if (folder / "infonce_profile.json").is_file():
+        prof = json.loads((folder / "infonce_profile.json").read_text())
+        parts += [f"**Profile** (`benchmarks/infonce_profile.py`, {prof['time'][:10]}: one forward+backward under "
+                  "torch.profiler, CUDA time by kernel; rates count 2·M·N·d per part)", "", *profile(prof), ""]
+    return parts
+
+
+def render() -> str:
+    """Every GPU with a kernel result (`benchmarks/results/<gpu>/infonce.json`), in folder order."""
+    folders = sorted(p.parent for p in (ROOT / "benchmarks" / "results").glob("*/infonce.json")
+                     if not p.parent.name.startswith("cpu-"))
+    parts = [START, ""]
+    for folder in folders:
+        parts += render_gpu(folder)
+    return "\n".join(parts + [END])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gpu", default="nvidia-h100-80gb-hbm3")
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args(argv)
     text = DOC.read_text()
     if START not in text or END not in text:
         raise SystemExit(f"{DOC} has no {START} … {END} block")
-    new = text[: text.index(START)] + render(args.gpu) + text[text.index(END) + len(END):]
+    new = text[: text.index(START)] + render() + text[text.index(END) + len(END):]
     if args.check:
         if new != text:
             print(f"{DOC} is out of date: run python benchmarks/kernel_tables.py", file=sys.stderr)

@@ -93,7 +93,8 @@ import torch
 
 print("cuda", torch.version.cuda, torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
-EOF}
+EOF
+}
 
 kernel() {
   if [ "$DRY" = 1 ]; then
