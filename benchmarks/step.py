@@ -346,11 +346,11 @@ def main() -> None:
                 r = results[-1]
                 print(f"{kind:8s} {engine:15s} ours {r['ours_s']:6.3f} s  {r['peer']:24s} {r['peer_s']:6.3f} s  "
                       f"ratio {r['ratio']:.2f}", flush=True)
-    import deepspeed
-    import sentence_transformers
+    from importlib.metadata import version  # not the imports themselves: they take seconds, and tens on a busy CPU
 
-    write_result("step", {"versions": {"deepspeed": deepspeed.__version__,
-                                       "sentence_transformers": sentence_transformers.__version__},
+    write_result("step", {"versions": {"deepspeed": version("deepspeed"),
+                                       "sentence_transformers": version("sentence-transformers"),
+                                       "transformers": version("transformers")},
                           "results": results}, args.out)
     print(f"\n{'objective':9s} {'engine':15s} {'ours s':>7s} {'peer':24s} {'peer s':>7s} {'ours/peer':>9s}")
     for r in results:

@@ -199,6 +199,13 @@ TEST_SLICES = (
 )
 
 
+def gpu_test_files() -> list[str]:
+    """The test modules that hold `gpu`-marked tests: collecting all of tests/ would import modules whose packages
+    the device lacks (mlflow, the model wheels), and a collection error there would stop the GPU tests too."""
+    return sorted(str(path.relative_to(ROOT)) for path in (ROOT / "tests").glob("test_*.py")
+                  if "pytest.mark.gpu" in path.read_text())
+
+
 def _junit(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -218,7 +225,7 @@ def _junit(path: Path) -> list[dict]:
 def tests_part(args: argparse.Namespace) -> int:
     clock = Clock(args.limit)
     workers = os.environ.get("TEST_WORKERS", "0" if args.dry_run else "8")
-    paths = os.environ.get("TEST_PATHS", "tests/").split()
+    paths = os.environ.get("TEST_PATHS", "").split() or gpu_test_files()
     report: dict = {"marker": "gpu", "paths": paths, "workers": int(workers), "slices": []}
     for name, expr in TEST_SLICES:
         if clock.left() < 15:
@@ -228,7 +235,8 @@ def tests_part(args: argparse.Namespace) -> int:
         xml = WORK / f"tests_{name}.xml"
         xml.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "pytest", "-m", "gpu", *paths, "-k", expr, "-v", "-rfE", "-p",
-               "no:cacheprovider", "--durations=0", f"--junitxml={xml}"] + (["-n", workers] if workers != "0" else [])
+               "no:cacheprovider", "--durations=0", "--continue-on-collection-errors", f"--junitxml={xml}"] + \
+            (["-n", workers] if workers != "0" else [])
         run = run_limited(cmd, clock.left())
         cases = _junit(xml)
         counts = collections.Counter(c["outcome"] for c in cases)
@@ -248,11 +256,11 @@ def tests_part(args: argparse.Namespace) -> int:
 # -- P4: stage 1 through the entry point --------------------------------------------------------------------------------
 def stage1_part(args: argparse.Namespace) -> int:
     """`python -m mimo_ds.train` on the bundled pairs: per-step times from its metrics.jsonl, when its output
-    appeared, and whether the process exited within EXIT_WAIT_S after it (else its tracebacks are dumped with
+    appeared, and whether the process exited within 15 s after it (else its tracebacks are dumped with
     SIGABRT, which names the frame it waits in, and the process tree is recorded)."""
     clock = Clock(args.limit)
     folder = WORK / "stage1"
-    steps, batch, precision = (2, 8, "fp32") if args.dry_run else (10, 256, "bf16")
+    steps, batch, precision = (2, 8, "fp32") if args.dry_run else (6, 256, "bf16")
     cmd = [sys.executable, "-m", "mimo_ds.train", "--config", "recipes/demo/stage1.yaml", "--overwrite",
            "--set", f"student.path={MODELS / 'student'}", "--set", f"teacher.path={MODELS / 'teacher'}",
            "--set", f"deepspeed={ROOT / 'ds_configs' / 'zero3.json'}", "--set", f"precision={precision}",
@@ -267,7 +275,7 @@ def stage1_part(args: argparse.Namespace) -> int:
     print(f"-- ({clock.left():.0f} s) {' '.join(cmd)}", flush=True)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
     output_at = None
-    exit_wait = 20
+    exit_wait = 15
     while proc.poll() is None and clock.left() > 0:
         if output_at is None and written.is_file():
             output_at = time.time() - started

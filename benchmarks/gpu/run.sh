@@ -112,8 +112,9 @@ export DRY PY OUT FLAG
 part setup bash -c setup
 part step bash -c '$PY benchmarks/gpu/parts.py step --limit $(( PART_S - 8 )) --out "$OUT/step.json" $FLAG'
 part kernel bash -c kernel
-if [ "$DRY" = 1 ]; then export TEST_PATHS="tests/test_kernel_infonce.py tests/test_kernel_auto.py" TEST_WORKERS=0; fi
+[ "$DRY" = 1 ] && export TEST_WORKERS=0   # this venv has no pytest-xdist; the device image has
 part tests bash -c '$PY benchmarks/gpu/parts.py tests --limit $(( PART_S - 8 )) --out "$OUT/gpu_tests.json" $FLAG'
 part stage1 bash -c '$PY benchmarks/gpu/parts.py stage1 --limit $(( PART_S - 8 )) --out "$OUT/stage1.json" $FLAG'
 $PY benchmarks/gpu/plan.py summary --out "$OUT"
 echo "run done in $(( $(date +%s) - START )) s"
+sleep 1   # let tee write the last lines into run.log before the call returns
