@@ -117,3 +117,43 @@ def test_the_gpu_tests_are_found_without_collecting_everything(gpu_modules):
     files = parts.gpu_test_files()
     assert "tests/test_kernel_infonce.py" in files and "tests/test_kernel_auto.py" in files
     assert "tests/test_tracking.py" not in files  # imports mlflow, which the device lacks
+
+
+def test_the_step_part_probes_then_measures_and_keeps_every_row(gpu_modules, tmp_path, monkeypatch):
+    """A fake step.py that runs out of memory above 16384 rows: the probe stops there, batch 2048 runs on both
+    engines, the largest batch is 16384, and every finished run's rows land in step.json."""
+    _, parts, _ = gpu_modules
+    monkeypatch.setattr(parts, "WORK", tmp_path / "work")
+    ran = []
+
+    def fake(cmd, limit_s, env=None, tail=40):
+        args = dict(zip(cmd[2::2], cmd[3::2]))
+        batch = int(args["--batch"])
+        ran.append((batch, args["--objectives"], args["--engines"]))
+        if batch > 16384:
+            return {"rc": 1, "seconds": 1.0, "limit_s": limit_s, "timed_out": False,
+                    "tail": ["torch.OutOfMemoryError: CUDA out of memory"]}
+        row = {"objective": args["--objectives"], "engine": args["--engines"], "batch": batch, "ours_s": 1.0,
+               "peer_s": 2.0, "ratio": 0.5, "ours_step_peak_bytes": 1, "peer_step_peak_bytes": 2}
+        Path(args["--out"]).write_text(json.dumps({"results": [row], "versions": {"deepspeed": "x"}}))
+        return {"rc": 0, "seconds": 1.0, "limit_s": limit_s, "timed_out": False, "tail": []}
+
+    monkeypatch.setattr(parts, "run_limited", fake)
+    out = tmp_path / "step.json"
+    parts.step_part(parts.argparse.Namespace(limit=600.0, out=out, dry_run=False))
+    report = json.loads(out.read_text())
+    assert [p["batch"] for p in report["probe"]] == [8192, 16384, 32768] and report["largest_batch"] == 16384
+    assert "out of memory" in report["probe"][-1]["error"][0]
+    measured = {(r["batch"], r["objective"], r["engine"]) for r in report["results"]}
+    assert measured == {(2048, "mimo", "zero3-resident"), (2048, "xlco", "zero3-resident"), (2048, "mimo", "zero2"),
+                        (2048, "xlco", "zero2"), (16384, "mimo", "zero3-resident"),
+                        (16384, "xlco", "zero3-resident")}
+    assert report["host"]["source"]["commit"]
+
+
+def test_the_documented_plan_is_the_plan(gpu_modules):
+    plan, _, _ = gpu_modules
+    doc = (ROOT / "docs" / "kernel.md").read_text()
+    for part in plan.PARTS:
+        assert f"| {part.name} | {part.limit_s} | {part.out or plan.LOG} |" in doc, part.name
+    assert f'timeout_s={plan.TOTAL_S + 30}' in doc

@@ -96,9 +96,9 @@ def _skip(name: str, clock: Clock) -> dict:
 def step_plan(dry: bool) -> dict:
     """Sizes and settings of the step part (the CPU dry run: the same commands, toy sizes, fp32)."""
     if dry:
-        return {"precision": "fp32", "mini_batch": 4, "max_length": 16, "warmup": 1, "reps": 1, "probe": [8, 16], "probe_limit_s": 60,
-                "run_limit_s": 70, "base": 8, "runs": [("base", "mimo", "zero3-resident", True),
-                                                       ("largest", "xlco", "zero2", False)]}
+        return {"precision": "fp32", "mini_batch": 4, "max_length": 16, "warmup": 1, "reps": 1, "probe": [8, 16],
+                "probe_limit_s": 75, "run_limit_s": 85, "base": 8,
+                "runs": [("base", "mimo", "zero3-resident", True), ("largest", "xlco", "zero2", False)]}
     return {"precision": "bf16", "mini_batch": 512, "max_length": 64, "warmup": 2, "reps": 3,
             "probe": [8192, 16384, 32768, 65536], "probe_limit_s": 60, "run_limit_s": 60, "base": 2048,
             # The goal is at batch 2048 (both objectives, both engines) first; the largest batch after.
