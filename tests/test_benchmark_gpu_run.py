@@ -63,18 +63,14 @@ def test_results_carry_the_commit_from_the_stamp_without_git(gpu_modules, tmp_pa
     assert result_file.source()["matches"] is False
 
 
-def test_a_hanging_command_dumps_its_frame_before_it_is_stopped(gpu_modules, monkeypatch):
+def test_a_hanging_command_names_its_frame_when_it_is_stopped(gpu_modules, monkeypatch):
     _, parts, _ = gpu_modules
-    monkeypatch.setenv("PYTHONPATH", str(GPU / "hang"))
-    monkeypatch.setenv("MIMO_DUMP_BEFORE_S", "2")
     monkeypatch.setattr(parts, "GRACE_S", 2)
     code = "import time\ndef waiting_here():\n    time.sleep(60)\nwaiting_here()\n"
-    run = parts.run_limited([sys.executable, "-c", code], 4.0, tail=200)
-    assert run["timed_out"] and run["rc"] != 0
+    run = parts.run_limited([sys.executable, "-c", code], 2.0, tail=200)
+    assert run["timed_out"] and run["rc"] != 0 and run["seconds"] < 10
     text = "\n".join(run["tail"])
-    first, _, after = text.partition("Fatal Python error: Aborted")
-    assert "Timeout" in first and "waiting_here" in first, text  # the early dump (sitecustomize), then ...
-    assert "waiting_here" in after, text  # ... the one SIGABRT makes
+    assert "Fatal Python error: Aborted" in text and "waiting_here" in text, text
 
 
 def test_junit_reports_are_read_back(gpu_modules, tmp_path):

@@ -5,10 +5,12 @@
 #   bash benchmarks/gpu/run.sh --dry-run    # here, on the CPU: checks and stamps the bundle, the same parts at toy
 #                                           # sizes (TRITON_INTERPRET=1 for the kernel), results in /tmp/mimo_gpu_dry
 # Parts run one after another, never concurrently. Each part may run until its place in the schedule ends (the
-# sum of its and the earlier parts' limits from the start, so time a part leaves unused goes to the next); at that
-# point `timeout` sends SIGABRT to the part's process group (PYTHONFAULTHANDLER=1: every Python process dumps its
-# threads' tracebacks into run.log), and 15 s earlier each Python process has already dumped them itself
-# (benchmarks/gpu/hang/sitecustomize.py). Each part rewrites its one JSON under $OUT after every row.
+# sum of its and the earlier parts' limits from the start, so time a part leaves unused goes to the next); 10 s
+# before that, `timeout` sends SIGABRT to the part's process group (PYTHONFAULTHANDLER=1: every Python process
+# dumps its threads' tracebacks into run.log, which names the frame a hang sits in), at the end SIGKILL. Inside a
+# part each command gets its own, shorter limit the same way (parts.py). No dump is taken from a process that is
+# still within its limit: faulthandler.dump_traceback_later segfaulted two healthy processes in the dry run (it
+# walks a running thread's frames). Each part rewrites its one JSON under $OUT after every row.
 set -u
 cd "$(dirname "$0")/../.." || exit 1
 DRY=0
@@ -33,12 +35,11 @@ export DS_BUILD_OPS=0 MIMO_SOURCE_STAMP=$BUNDLE/SOURCE.json
 rm -rf "$WORK" "$OUT"/*
 mkdir -p "$OUT" "$WORK" "$TRITON_CACHE_DIR"
 exec > >(tee -a "$OUT/run.log") 2>&1
-HANG=$PWD/benchmarks/gpu/hang
 if [ "$DRY" = 1 ]; then
-  export PYTHONPATH=$HANG:$PWD${PYTHONPATH:+:$PYTHONPATH}
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
   $PY benchmarks/gpu/plan.py stamp || exit 1
 else
-  export PYTHONPATH=$HANG:/tmp/site:$PWD
+  export PYTHONPATH=/tmp/site:$PWD
 fi
 $PY benchmarks/gpu/plan.py show $FLAG || exit 1
 mapfile -t LIMITS < <($PY benchmarks/gpu/plan.py limits $FLAG)
@@ -55,13 +56,13 @@ part() {
   SCHEDULE=$(( SCHEDULE + limit ))
   now=$(date +%s)
   end=$(( START + SCHEDULE ))
-  if (( end - now < 10 )); then
+  if (( end - now < 20 )); then
     echo "== $name: skipped, $(( end - now )) s left in its schedule"
     return 0
   fi
   echo "== $name: until $(( SCHEDULE )) s into the run ($(( end - now )) s), $(( now - START )) s in"
   t0=$now
-  MIMO_DEADLINE=$end PART_S=$(( end - now )) timeout -s ABRT -k 10 $(( end - now )) "$@"
+  PART_S=$(( end - now - 10 )) timeout -s ABRT -k 10 $(( end - now - 10 )) "$@"
   rc=$?
   echo "== $name: rc=$rc in $(( $(date +%s) - t0 )) s"
 }
@@ -110,11 +111,11 @@ kernel() {
 export -f setup kernel
 export DRY PY OUT FLAG
 part setup bash -c setup
-part step bash -c '$PY benchmarks/gpu/parts.py step --limit $(( PART_S - 8 )) --out "$OUT/step.json" $FLAG'
+part step bash -c '$PY benchmarks/gpu/parts.py step --limit $(( PART_S - 2 )) --out "$OUT/step.json" $FLAG'
 part kernel bash -c kernel
 [ "$DRY" = 1 ] && export TEST_WORKERS=0   # this venv has no pytest-xdist; the device image has
-part tests bash -c '$PY benchmarks/gpu/parts.py tests --limit $(( PART_S - 8 )) --out "$OUT/gpu_tests.json" $FLAG'
-part stage1 bash -c '$PY benchmarks/gpu/parts.py stage1 --limit $(( PART_S - 8 )) --out "$OUT/stage1.json" $FLAG'
+part tests bash -c '$PY benchmarks/gpu/parts.py tests --limit $(( PART_S - 2 )) --out "$OUT/gpu_tests.json" $FLAG'
+part stage1 bash -c '$PY benchmarks/gpu/parts.py stage1 --limit $(( PART_S - 2 )) --out "$OUT/stage1.json" $FLAG'
 $PY benchmarks/gpu/plan.py summary --out "$OUT"
 echo "run done in $(( $(date +%s) - START )) s"
 sleep 1   # let tee write the last lines into run.log before the call returns
