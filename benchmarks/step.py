@@ -149,7 +149,7 @@ def worker(args: argparse.Namespace) -> dict:
     overrides = [f"data.train={data}", f"output_dir={args.data / 'out' / kind}", "tracking.enabled=false", "init_from=null",
                  "eval.benchmarks=[]", "data.teacher_cache=null", f"deepspeed={ROOT / 'ds_configs' / ds_json}", f"student.resident_params={resident}",
                  f"student.path={args.student}", f"student.max_length={args.max_length}", f"batch.per_device={args.batch}",
-                 "data.num_workers=0", f"max_steps={args.reps + WARMUP}", "epochs=1000", f"precision={args.precision}"]
+                 "data.num_workers=0", f"max_steps={args.reps + args.warmup}", "epochs=1000", f"precision={args.precision}"]
     if args.batch > json.loads((data / "index.json").read_text())["total"]:  # a batch larger than the corpus:
         overrides += ["data.resampled=true", "data.steps_per_epoch=1000"]   # draw with replacement (rows repeat)
     if kind == "distill":
@@ -187,8 +187,10 @@ def worker(args: argparse.Namespace) -> dict:
     steps = {"ours": ours_step, "peer": peer_step}
     times: dict[str, list[float]] = {"ours": [], "peer": []}
     peaks: dict[str, list[int]] = {"ours": [], "peer": []}
-    for rep in range(args.reps + WARMUP):
+    tokens: list[int] = []
+    for rep in range(args.reps + args.warmup):
         batch = next(batches)
+        tokens.append(real_tokens(batch))
         for who in ("ours", "peer") if rep % 2 == 0 else ("peer", "ours"):
             if cuda:
                 torch.cuda.synchronize()
@@ -200,19 +202,60 @@ def worker(args: argparse.Namespace) -> dict:
                 torch.cuda.synchronize()
                 peaks[who].append(torch.cuda.max_memory_allocated() - before)
             times[who].append(time.perf_counter() - started)
-    ours, theirs = statistics.median(times["ours"][WARMUP:]), statistics.median(times["peer"][WARMUP:])
+    ours, theirs = statistics.median(times["ours"][args.warmup:]), statistics.median(times["peer"][args.warmup:])
+    timed_tokens = statistics.median(tokens[args.warmup:])
     result = {"objective": kind, "engine": args.engine, "peer": PEERS[kind], "batch": args.batch,
               "mini_batch": None if kind == "distill" else args.mini_batch, "max_length": args.max_length,
               "student": args.student, "precision": args.precision, "reps": args.reps,
               "resampled": "data.resampled=true" in overrides, "ours_s": ours,
               "peer_s": theirs, "ratio": ours / theirs, "ours_samples_per_s": args.batch / ours,
               "peer_samples_per_s": args.batch / theirs, "ours_all": times["ours"], "peer_all": times["peer"],
+              "warmup": args.warmup, "real_tokens_per_batch": timed_tokens,
+              "ours_tokens_per_s": timed_tokens / ours, "peer_tokens_per_s": timed_tokens / theirs,
+              "attention": {"ours": attention_of(s.engine.module), "peer": attention_of(peer),
+                            **sdpa_backends(cuda)},
               "ours_step_peak_bytes": max(peaks["ours"]) if cuda else None,
               "peer_step_peak_bytes": max(peaks["peer"]) if cuda else None,
               "resident_bytes": torch.cuda.memory_allocated() if cuda else None}
     if args.profile:
         result["profile"] = profile(lambda: ours_step(next(batches)), cuda)
     return result
+
+
+def real_tokens(batch) -> int:
+    """Non-padding student tokens of one batch, every role (what tokens/s counts)."""
+    return int(sum(int(tokens["attention_mask"].sum()) for tokens in batch.student.values()))
+
+
+def attention_of(model) -> str | None:
+    """The attention implementation the first HF encoder inside `model` was loaded with (sdpa, eager, ...)."""
+    import torch
+
+    for module in model.modules() if isinstance(model, torch.nn.Module) else _modules_of(model):
+        config = getattr(module, "config", None)
+        if config is not None and getattr(config, "_attn_implementation", None):
+            return config._attn_implementation
+    return None
+
+
+def _modules_of(peer):
+    for part in (getattr(peer, "model", None), getattr(peer, "encoder", None)):
+        if part is not None:
+            yield from part.modules()
+
+
+def sdpa_backends(cuda: bool) -> dict:
+    """Which of SDPA's kernels are enabled: its flash kernel runs only without a padding mask; padded batches take
+    the memory-efficient kernel (or the math one)."""
+    import torch
+
+    if not cuda:
+        return {"sdpa_backends": "cpu"}
+    b = torch.backends.cuda
+    return {"sdpa_backends": {"flash": b.flash_sdp_enabled(), "mem_efficient": b.mem_efficient_sdp_enabled(),
+                              "cudnn": b.cudnn_sdp_enabled(), "math": b.math_sdp_enabled()},
+            "note": "SDPA's flash kernel is used only without a padding mask; padded batches (these) take the "
+                    "memory-efficient or cuDNN kernel"}
 
 
 RANGES = ("mimo:teacher", "mimo:student_forward", "mimo:loss", "mimo:backward")
@@ -263,6 +306,7 @@ def main() -> None:
     parser.add_argument("--objectives", nargs="+", default=["distill", "mimo", "xlco"], choices=list(RECIPES))
     parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
     parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=WARMUP, help="untimed steps of each side first")
     parser.add_argument("--batch", type=int, default=24, help="per-device batch (stage 1: pairs, stage 2: rows)")
     parser.add_argument("--mini-batch", type=int, default=8, help="cached-pass chunk (stage 2)")
     parser.add_argument("--max-length", type=int, default=64)
@@ -289,22 +333,24 @@ def main() -> None:
         for kind in args.objectives:
             for engine in args.engines:
                 cmd = [sys.executable, __file__, "--worker", kind, "--engine", engine, "--data", tmp,
-                       "--reps", str(args.reps), "--batch", str(args.batch), "--mini-batch", str(args.mini_batch),
+                       "--reps", str(args.reps), "--warmup", str(args.warmup), "--batch", str(args.batch), "--mini-batch", str(args.mini_batch),
                        "--max-length", str(args.max_length), "--student", args.student, "--teacher", args.teacher,
                        "--precision", args.precision] + (["--profile"] if args.profile else [])
-                done = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                # The worker's stderr passes through: its progress, errors and (on a lent GPU) the tracebacks a
+                # time limit makes it dump land in the caller's log; stdout carries only its JSON line.
+                done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False,
                                       env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
                 if done.returncode != 0:
-                    raise SystemExit(f"{kind}/{engine} failed:\n{done.stderr[-4000:]}")
+                    raise SystemExit(f"{kind}/{engine} failed with exit status {done.returncode} (its stderr above)")
                 results.append(json.loads(done.stdout.strip().splitlines()[-1]))
                 r = results[-1]
                 print(f"{kind:8s} {engine:15s} ours {r['ours_s']:6.3f} s  {r['peer']:24s} {r['peer_s']:6.3f} s  "
                       f"ratio {r['ratio']:.2f}", flush=True)
-    import deepspeed
-    import sentence_transformers
+    from importlib.metadata import version  # not the imports themselves: they take seconds, and tens on a busy CPU
 
-    write_result("step", {"versions": {"deepspeed": deepspeed.__version__,
-                                       "sentence_transformers": sentence_transformers.__version__},
+    write_result("step", {"versions": {"deepspeed": version("deepspeed"),
+                                       "sentence_transformers": version("sentence-transformers"),
+                                       "transformers": version("transformers")},
                           "results": results}, args.out)
     print(f"\n{'objective':9s} {'engine':15s} {'ours s':>7s} {'peer':24s} {'peer s':>7s} {'ours/peer':>9s}")
     for r in results:

@@ -6,8 +6,9 @@ states; installing them as `mimo_ds.kernels` (pyproject's package-dir mapping) k
 named `kernels`. So the import path names a folder that is not under `mimo_ds/` in the tree, and a checkout that
 was never installed (`pip install -e .`) cannot import it: `import mimo_ds` then says so in one line.
 
-`infonce_loss` is the entry point; `infonce_chunked` forces the chunked PyTorch path with an explicit chunk size; `infonce_triton`
-forces the Triton kernels with explicit block sizes;
+`infonce_loss` is the entry point (`backend="auto"` picks eager, torch.compile or the fused path per call from the
+crossovers measured on this GPU, `auto.py`); `infonce_chunked` forces the chunked PyTorch path with an explicit chunk
+size; `infonce_triton` forces the Triton kernels with explicit block sizes;
 `infonce_reference` is the plain materialised formula the other two are tested against. See docs/kernel.md.
 """
 

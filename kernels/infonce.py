@@ -24,10 +24,11 @@ import os
 import torch
 from torch import Tensor
 
+from . import auto
 from .chunked import DEFAULT_CHUNK, ChunkedOps
 
 _REDUCTIONS = ("mean", "sum", "none")
-_BACKENDS = ("auto", "triton", "torch")
+_BACKENDS = ("auto", "triton", "torch", "eager", "compile")
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 POS_CHUNK = 4096
 _MIXED_GEMM = {"ok": True}  # set False the first time torch refuses a bf16/fp16 GEMM with fp32 output
@@ -85,6 +86,8 @@ def _backward(ops, q: Tensor, k: Tensor, s: Tensor, labels: Tensor, pos: Tensor,
 def _positive_scores(q: Tensor, k: Tensor, labels: Tensor) -> Tensor:
     """Raw q_i·k_{label_i} in fp32, POS_CHUNK rows at a time: up-casting the whole batch at once made three M×d fp32
     temporaries, the largest allocation of the whole call (192 MiB at M = 16k, d = 1024 on the H100)."""
+    if q.shape[0] <= POS_CHUNK:  # one chunk: no output buffer and copy (fixed cost of small calls)
+        return (q.float() * k.index_select(0, labels).float()).sum(1)
     out = torch.empty(q.shape[0], dtype=torch.float32, device=q.device)
     for start in range(0, q.shape[0], POS_CHUNK):
         rows = slice(start, start + POS_CHUNK)
@@ -121,18 +124,38 @@ def _triton_ops(**options):
     return TritonOps(**options)
 
 
+def _fused_ops(q: Tensor):
+    """The path that never materialises M×N: Triton on CUDA when triton imports, else the chunked torch path."""
+    if not q.is_cuda:
+        return ChunkedOps()
+    try:
+        return _triton_ops()
+    except ImportError:
+        return ChunkedOps()
+
+
+def auto_choice(q: Tensor, k: Tensor, *, symmetric: bool = False, margin: float | None = None,
+                memory_budget: float | None = None, compile_ok: bool = True) -> tuple[str, str]:
+    """What `backend="auto"` runs for these inputs: ("eager" | "compile" | "fused", why). See `kernels/auto.py`.
+    A margin on 16-bit CUDA inputs takes the fused path: its mask is then decided on fp32 scores, not bf16 ones."""
+    if margin is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        return "fused", "a margin on 16-bit inputs: the mask is decided on the fused path's fp32 scores"
+    budget = auto.default_budget(q.device) if memory_budget is None else float(memory_budget)
+    return auto.choose(q.shape[0], k.shape[0], q.shape[1], budget=budget, table=auto.device_table(q.device),
+                       symmetric=symmetric, compile_ok=compile_ok and q.dtype != torch.float64,
+                       eager_max_scores=auto.DEFAULT_EAGER_MAX_SCORES if q.is_cuda else 0)
+
+
 def _select_ops(backend: str, q: Tensor, **triton_options):
+    """The backend's primitives (a fused Ops object), or the name of a materialised path ("eager", "compile")."""
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
     if backend == "torch":
         return ChunkedOps()
+    if backend in ("eager", "compile"):
+        return backend
     if backend == "auto":
-        if not q.is_cuda:
-            return ChunkedOps()
-        try:
-            return _triton_ops(**triton_options)
-        except ImportError:
-            return ChunkedOps()
+        return _fused_ops(q)
     if q.dtype not in _TRITON_DTYPES:
         raise ValueError(f"the triton backend takes {_TRITON_DTYPES}, got {q.dtype}")
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
@@ -162,7 +185,7 @@ def _check(q: Tensor, k: Tensor, labels: Tensor | None, label_offset: int, reduc
 def _infonce(q: Tensor, k: Tensor, *, scale: Tensor | float, labels: Tensor | None, label_offset: int,
              symmetric: bool, lock_keys: bool, margin: float | None, reduction: str, ops) -> Tensor:
     _check(q, k, labels, label_offset, reduction)
-    rows = torch.arange(q.shape[0], device=q.device)
+    rows = torch.arange(q.shape[0], device=q.device) if labels is None or symmetric else None
     labels = rows + label_offset if labels is None else labels.to(device=q.device, dtype=torch.long)
     if not isinstance(scale, Tensor):
         scale = torch.tensor(float(scale), dtype=torch.float32, device=q.device)
@@ -171,10 +194,18 @@ def _infonce(q: Tensor, k: Tensor, *, scale: Tensor | float, labels: Tensor | No
     if lock_keys:
         k = k.detach()
     q, k = q.contiguous(), k.contiguous()
+    if isinstance(ops, str):  # a materialised path: autograd differentiates it
+        fn = auto.materialised if ops == "eager" else auto.compiled()
+        loss = fn(q, k, scale if scale.dtype == torch.float64 else scale.float(), labels, rows, margin, symmetric)
+        return _reduce(loss, reduction)
     loss = _InfoNCE.apply(q, k, scale, labels, margin, ops)
     if symmetric:
         positives = k.index_select(0, labels)
         loss = 0.5 * (loss + _InfoNCE.apply(positives, q, scale, rows, margin, ops))
+    return _reduce(loss, reduction)
+
+
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
     if reduction == "mean":
         return loss.mean()
     if reduction == "sum":
@@ -184,7 +215,8 @@ def _infonce(q: Tensor, k: Tensor, *, scale: Tensor | float, labels: Tensor | No
 
 def infonce_loss(q: Tensor, k: Tensor, *, scale: Tensor | float = 20.0, labels: Tensor | None = None,
                  label_offset: int = 0, symmetric: bool = False, lock_keys: bool = False,
-                 margin: float | None = None, reduction: str = "mean", backend: str = "auto") -> Tensor:
+                 margin: float | None = None, reduction: str = "mean", backend: str = "auto",
+                 memory_budget: float | None = None) -> Tensor:
     """InfoNCE of rows q [M, d] against keys k [N, d] without materialising the M×N score matrix.
 
     loss_i = logsumexp_j(scale·q_i·k_j) − scale·q_i·k_{label_i}; the result is fp32 whatever the input dtype.
@@ -199,9 +231,18 @@ def infonce_loss(q: Tensor, k: Tensor, *, scale: Tensor | float = 20.0, labels: 
     - margin: false-negative mask: a negative j of row i is dropped when q_i·k_j > q_i·k_{label_i} + margin
       (raw dot product, i.e. cosine units, as in Qwen3-Embedding); the mask itself is not differentiated.
     - reduction: "mean" | "sum" | "none" (per-row [M]).
-    - backend: "auto" (Triton on CUDA when triton imports, else chunked torch), "triton", "torch".
+    - backend: "auto" picks per call the fastest path that fits `memory_budget` (bytes of extra memory; default
+      half the device's free memory) from crossovers measured on this device (`kernels/auto.py`,
+      `kernels/crossovers.json`): "eager" or "compile" (the materialised formula, plain or torch.compile'd) while
+      the M×N scores fit, "fused" beyond (Triton on CUDA, chunked torch elsewhere); or name one: "eager",
+      "compile", "triton", "torch" (chunked).
     """
-    ops = _select_ops(backend, q)
+    if backend == "auto":
+        _check(q, k, labels, label_offset, reduction)
+        path, _ = auto_choice(q, k, symmetric=symmetric, margin=margin, memory_budget=memory_budget)
+        ops = _fused_ops(q) if path == "fused" else path
+    else:
+        ops = _select_ops(backend, q)
     return _infonce(q, k, scale=scale, labels=labels, label_offset=label_offset, symmetric=symmetric,
                     lock_keys=lock_keys, margin=margin, reduction=reduction, ops=ops)
 

@@ -207,6 +207,8 @@ class TritonOps:
                 0.0 if margin is None else margin)
         _launch(_lse_kernel, lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), splits), args, m, n, margin, q.dtype,
                 self.blocks, KEYS_PER_SPLIT=per_split)
+        if splits == 1:  # nothing to merge: three small kernels fewer per call
+            return (part_max[0] + torch.log2(part_sum[0])) * math.log(2.0)
         top = part_max.amax(0)
         top = torch.where(top > float("-inf"), top, 0.0)
         total = (part_sum * torch.exp2(part_max - top)).sum(0)
