@@ -145,8 +145,7 @@ class EvalConfig(Strict):
 
 class ProjectionConfig(Strict):
     """Where stage 2's projection P comes from. By default from `init_from`'s `projection.safetensors`, and an
-    init_from without one is refused: a random P silently changes where distillation starts (issue 20: first loss
-    0.93 instead of stage 1's 0.68)."""
+    init_from without one is refused: a random P would silently change where distillation starts."""
 
     fresh: bool = Field(False, description="true: accept an init_from without projection.safetensors and start P "
                                            "from a fresh random initialisation (init_from's P is used when present)")
