@@ -8,8 +8,8 @@ the config checks, so one bad key was printed N times before a launcher tracebac
 - one process per rank with RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT set, each in a process group of
   its own, so SIGINT, SIGTERM and SIGUSR1 reach every rank exactly once: forwarded from this process (a Ctrl-C in the
   terminal reaches only this process; the trainer's second-Ctrl-C rule still holds);
-- the status is the trainer's own: the first failing rank's status (anything but 0 and 75) when one failed, else 75
-  when a rank stopped for a signal, else 0;
+- the status is the trainer's own: the status of the rank that failed first (anything but 0 and 75: a rank killed
+  by `kill -9` gives 137, not the 1 of the ranks that lost it), else 75 when a rank stopped for a signal, else 0;
 - when a rank fails and the others are still running `GRACE_S` seconds later (a rank killed hard leaves the others
   waiting in a collective), they are killed, and an MLflow run left RUNNING is marked FAILED.
 """
@@ -52,7 +52,7 @@ def launch(train_args: list[str], nproc: int) -> int:
 
 
 def combined_status(statuses: list[int]) -> int:
-    """The job's status from its ranks': a failure wins (the first failing rank's), then 75, then 0."""
+    """The job's status from its ranks' (in the order they exited): the first failure wins, then 75, then 0."""
     failures = [code for code in statuses if code not in (0, EXIT_PREEMPTED)]
     if failures:
         return failures[0]
@@ -77,7 +77,8 @@ def _start(train_args: list[str], nproc: int, run_id_file: Path) -> list[subproc
 
 
 def _wait(procs: list[subprocess.Popen]) -> list[int]:
-    """Every rank's status (128 + N for a rank ended by signal N), forwarding signals meanwhile."""
+    """Every rank's status (128 + N for a rank ended by signal N) in the order they exited, forwarding signals
+    meanwhile."""
 
     def forward(signum: int, frame: object) -> None:
         for p in procs:
@@ -86,10 +87,11 @@ def _wait(procs: list[subprocess.Popen]) -> list[int]:
 
     previous = {signum: signal.signal(signum, forward) for signum in _FORWARDED}
     failed_at = None
+    exited: list[subprocess.Popen] = []
     try:
-        while any(p.poll() is None for p in procs):
-            codes = [p.returncode for p in procs if p.returncode is not None]
-            if failed_at is None and any(_status(c) not in (0, EXIT_PREEMPTED) for c in codes):
+        while len(exited) < len(procs):
+            exited += [p for p in procs if p not in exited and p.poll() is not None]
+            if failed_at is None and any(_status(p.returncode) not in (0, EXIT_PREEMPTED) for p in exited):
                 failed_at = time.monotonic()
             if failed_at is not None and time.monotonic() - failed_at > GRACE_S:
                 print(f"mimo-ds: a rank failed and the others did not stop within {GRACE_S:.0f} s: killing them",
@@ -102,7 +104,7 @@ def _wait(procs: list[subprocess.Popen]) -> list[int]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    return [_status(p.wait()) for p in procs]
+    return [_status(p.returncode) for p in exited]
 
 
 def _status(code: int) -> int:

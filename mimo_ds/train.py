@@ -208,6 +208,20 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: no space left on device writing {exc.filename or cfg.output_dir}", file=sys.stderr)
         return 1
+    except RuntimeError as exc:
+        if not lost_a_peer(exc):
+            raise
+        if is_rank_zero():
+            print(f"error: another rank stopped without a word (killed or crashed; its own log or exit status says "
+                  f"why); this rank lost it in a collective: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+
+
+def lost_a_peer(exc: RuntimeError) -> bool:
+    """A collective failed because another rank's process went away (gloo: the connection closed; NCCL: a
+    communicator error): not this rank's bug, and no traceback of its own helps."""
+    text = str(exc)
+    return isinstance(exc, torch.distributed.DistError) or "by peer" in text or "gloo/transport/" in text
 
 
 if __name__ == "__main__":

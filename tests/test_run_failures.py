@@ -38,7 +38,7 @@ from mimo_ds.errors import RunError
 from mimo_ds.launch import combined_status
 from mimo_ds.run_dir import SetAside, replaced_folders, run_identity
 from mimo_ds.signals import EXIT_PREEMPTED, StopRequests
-from mimo_ds.train import check_resume, main, preflight
+from mimo_ds.train import check_resume, lost_a_peer, main, preflight
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY2 = ROOT / "recipes" / "tiny" / "stage2_mimo.yaml"
@@ -326,8 +326,11 @@ def test_the_launch_status_is_the_trainers():
     assert combined_status([75, 75]) == 75
     assert combined_status([0, 0]) == 0
     assert combined_status([75, 1]) == 1  # a failure wins: never requeue a job where a rank failed
-    assert combined_status([0, 137, 1]) == 137
+    assert combined_status([0, 137, 1]) == 137  # in exit order: the rank killed first, not the ranks that lost it
     assert combined_status([2, 2]) == 2
+    assert lost_a_peer(RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:38068"))
+    assert lost_a_peer(RuntimeError("[pair.cc:537] Read error [127.0.0.1]:21895: Connection reset by peer."))
+    assert not lost_a_peer(RuntimeError("The size of tensor a (3) must match the size of tensor b (4)"))
 
 
 @pytest.mark.slow
