@@ -30,7 +30,7 @@ from mimo_ds.stage_output import (
 
 METRICS_FILE = "metrics.jsonl"
 REPLACED_PREFIX = ".replaced-"
-#: Everything a run writes into its output_dir, and nothing else: what --overwrite removes.
+#: Everything a run writes into its output_dir, and nothing else: what --overwrite sets aside.
 RUN_OUTPUTS = (CHECKPOINTS_DIR, STUDENT_DIR, PROJECTION_FILE, LEGACY_PROJECTION_FILE, STUDENT_META, AUDIT_DIR,
                METRICS_FILE, BAD_RECORDS_FILE)
 
