@@ -11,16 +11,23 @@ A checkpoint is one folder, `checkpoints/step_<S>/`, holding
 - `student_config/`: the encoder's config and tokenizer, so `mimo-ds export` needs nothing but this folder;
 - `run_config.json`: the run config it was made with;
 - `meta.json`, written last: the step, the MLflow run id, what a resume must match (world size, loader workers,
-  batch, shards, seed, objective) and the list of every file the checkpoint consists of.
+  batch, shards, seed, objective) and the manifest: every file's size, and the sha256 of every file up to 4 MiB.
 It is written under a temporary name (`.tmp-step_<S>`) and renamed only after every rank has finished writing; only
 then are checkpoints beyond the newest `keep` deleted. A folder is *complete* when its name is `step_<S>`, its
-meta.json reads, and every file it lists exists: `--resume auto` never takes anything else. DeepSpeed's files are
-unpickled by DeepSpeed when a run resumes: resume only from checkpoints you made.
+meta.json reads, and every file of its manifest exists with that size and checksum: `--resume auto` never takes
+anything else (format-1 checkpoints, from before the manifest had sizes, are checked for presence only).
+
+DeepSpeed unpickles its own files with `weights_only=False` (on resume and in `zero_to_fp32`); `check_loadable` loads
+each of them first with `weights_only=True`, so a file carrying anything but tensors and DeepSpeed's bookkeeping is
+refused by name before DeepSpeed touches it.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import pickle
 import random
 import re
 import shutil
@@ -34,7 +41,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from mimo_ds.errors import RunError
+from mimo_ds.distributed import agree_any, first_rank
+from mimo_ds.errors import RunAborted, RunError
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -43,11 +51,45 @@ CHECKPOINTS_DIR = "checkpoints"
 META_NAME = "meta.json"
 RUN_CONFIG_NAME = "run_config.json"
 SPEC_DIR = "student_config"
-FORMAT = 1
+FORMAT = 2
+READABLE_FORMATS = (1, 2)  # 1: `files` lists names only
+HASHED_UP_TO = 4 << 20  # files up to this size get a sha256 in the manifest; larger ones only their size
+LOW_SPACE = 64 << 20  # below this much free space, a failed write of torch's is taken for a full disk
 TMP_PREFIX = ".tmp-"
 _STEP_NAME = re.compile(r"^step_(\d+)$")
 #: What a resume must match exactly: ZeRO's partitions and the loader's slot plan depend on them.
 IDENTITY_KEYS = ("world_size", "num_workers", "per_device", "grad_accum", "shards", "seed", "objective")
+
+
+class UnsafeCheckpoint(ValueError):
+    """A checkpoint file that loads only by unpickling objects other than tensors: refused, never skipped over."""
+
+
+class OutOfSpace(RunError):
+    """Too little free space for the next checkpoint, even after deleting what `keep` allows: the run stops, and
+    `checkpoint` (the newest complete one) is where `--resume auto` continues once space is freed."""
+
+    def __init__(self, message: str, checkpoint: Path | None) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+def _deepspeed_globals() -> list[type]:
+    """The classes DeepSpeed pickles into its checkpoints beside tensors (seen in ZeRO-2/3 fp32/bf16/fp16 states):
+    plain bookkeeping objects whose unpickling runs no code of the file's choosing."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def rank_file(rank: int) -> str:
@@ -68,51 +110,118 @@ def read_meta(folder: Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") not in READABLE_FORMATS:
         raise ValueError(f"{path}: checkpoint format {meta.get('format') if isinstance(meta, dict) else None!r} "
-                         f"is not {FORMAT}")
+                         f"is not one of {list(READABLE_FORMATS)}")
     return meta
 
 
+def manifest(folder: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Every file's size, and its sha256 when it is small (the JSON files, tokenizer files, the rank files): what
+    `check_complete` compares against. Cheap on purpose: the large engine files are only measured, never hashed."""
+    entries = {}
+    for name in names:
+        path = folder / name
+        size = path.stat().st_size
+        entries[name] = {"size": size, **({"sha256": _sha256(path)} if size <= HASHED_UP_TO else {})}
+    return entries
+
+
 def check_complete(folder: Path) -> dict[str, Any]:
-    """The meta of a complete checkpoint; otherwise an error naming what is missing."""
+    """The meta of a complete checkpoint: every file of its manifest present, of the recorded size and, where one is
+    recorded, checksum. Otherwise an error naming the first file that is wrong (FileNotFoundError: missing)."""
     if not folder.is_dir():
         raise FileNotFoundError(f"checkpoint {folder} does not exist")
     if not _STEP_NAME.match(folder.name):
         raise ValueError(f"{folder} is not a checkpoint folder (expected a name step_<S>; a .tmp- one is unfinished)")
     meta = read_meta(folder)
-    if missing := [name for name in meta["files"] if not (folder / name).exists()]:
+    files = meta["files"]
+    if missing := [name for name in files if not (folder / name).is_file()]:
         raise FileNotFoundError(f"checkpoint {folder} is incomplete: missing {', '.join(missing[:5])}"
                                 + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+    if isinstance(files, dict):  # format 2: sizes and small files' checksums (format 1 listed names only)
+        for name, entry in files.items():
+            path = folder / name
+            if (size := path.stat().st_size) != entry["size"]:
+                raise ValueError(f"checkpoint file {path} is {size} bytes, its manifest says {entry['size']} "
+                                 "(truncated or rewritten)")
+            if "sha256" in entry and _sha256(path) != entry["sha256"]:
+                raise ValueError(f"checkpoint file {path} does not match the checksum in its manifest (altered)")
     return meta
+
+
+def check_loadable(folder: Path) -> None:
+    """Every engine and rank file of a checkpoint loads as tensors and plain values (`weights_only=True`), with only
+    DeepSpeed's own bookkeeping classes allowed. DeepSpeed itself unpickles its files with `weights_only=False`
+    (resume and `zero_to_fp32`), so this check comes first: a file carrying any other object (code a pickle would
+    run) is refused before anything unpickles it. Memory-mapped: no tensor data is read."""
+    for path in sorted(folder.glob("*.pt")):
+        try:
+            with torch.serialization.safe_globals(_deepspeed_globals()):
+                torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except pickle.UnpicklingError as exc:
+            reason = str(exc).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+            raise UnsafeCheckpoint(f"checkpoint file {path} is refused: it holds objects other than tensors and "
+                                   f"DeepSpeed's own state ({reason}); mimo-ds never unpickles those") from exc
+        except Exception as exc:  # a truncated or foreign file: torch's zip reader says which way
+            raise ValueError(f"checkpoint file {path} cannot be read: {str(exc).splitlines()[0]}") from exc
+
+
+def verify(folder: Path) -> dict[str, Any]:
+    """`check_complete` and `check_loadable`: what `--resume <folder>` and `mimo-ds export` ask of a checkpoint."""
+    meta = check_complete(folder)
+    check_loadable(folder)
+    return meta
+
+
+def step_folders(output_dir: Path) -> list[Path]:
+    """Every `step_<S>` folder under `output_dir`, complete or not, oldest step first."""
+    root = output_dir / CHECKPOINTS_DIR
+    found = [f for f in root.iterdir() if _STEP_NAME.match(f.name)] if root.is_dir() else []
+    return sorted(found, key=lambda f: int(_STEP_NAME.match(f.name).group(1)))  # type: ignore[union-attr]
 
 
 def complete_checkpoints(output_dir: Path) -> list[Path]:
     """Every complete checkpoint under `output_dir`, oldest step first."""
-    root = output_dir / CHECKPOINTS_DIR
-    found = []
-    for folder in root.iterdir() if root.is_dir() else ():
-        if not _STEP_NAME.match(folder.name):
-            continue
-        try:
-            check_complete(folder)
-        except (OSError, ValueError):
-            continue
-        found.append(folder)
-    return sorted(found, key=lambda f: int(_STEP_NAME.match(f.name).group(1)))  # type: ignore[union-attr]
+    return [folder for folder in step_folders(output_dir) if _broken(folder) is None]
 
 
-def resolve_resume(resume: str | Path, output_dir: Path) -> Path | None:
-    """`never` → None; `auto` → the newest complete checkpoint under output_dir, or None; a folder → that folder,
-    which must be a complete checkpoint."""
+def _broken(folder: Path) -> str | None:
+    """Why `folder` is not a complete checkpoint, or None when it is."""
+    try:
+        check_complete(folder)
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def resolve_resume(resume: str | Path, output_dir: Path,
+                   skipped: Callable[[Path, str], None] | None = None) -> Path | None:
+    """`never` → None; `auto` → the newest usable checkpoint under output_dir, or None; a folder → that folder, which
+    must be complete and loadable (errors name the file).
+
+    `auto` passes over newer folders that are broken (a file missing, truncated or unreadable), handing each with its
+    reason to `skipped` (preflight names it and deletes it). A file that loads but holds foreign objects is not
+    "broken": it ends the resume with `UnsafeCheckpoint` instead of being passed over."""
     if resume == "never":
         return None
-    if resume == "auto":
-        found = complete_checkpoints(output_dir)
-        return found[-1] if found else None
-    folder = Path(resume)
-    check_complete(folder)
-    return folder
+    if resume != "auto":
+        folder = Path(resume)
+        verify(folder)
+        return folder
+    for folder in reversed(step_folders(output_dir)):
+        if (why := _broken(folder)) is None:
+            try:
+                check_loadable(folder)
+            except UnsafeCheckpoint:
+                raise
+            except ValueError as exc:
+                why = str(exc)
+            else:
+                return folder
+        if skipped is not None:
+            skipped(folder, why)
+    return None
 
 
 def identity_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -175,43 +284,79 @@ class CheckpointManager:
 
     def save(self, engine: DeepSpeedEngine, step: int, *, loader_state: dict[str, Any], meta: dict[str, Any],
              run_config: dict[str, Any], write_spec: Callable[[Path], None]) -> Path:
-        """Write `step_<step>` and return it (on every rank); `meta` must hold the identity keys and the run id."""
+        """Write `step_<step>` and return it (on every rank); `meta` must hold the identity keys and the run id.
+
+        Raises `OutOfSpace` (every rank) when the last checkpoint's size is not free even after `_make_room`, and
+        RunError from the rank that failed to write (the others RunAborted) when a write fails part-way."""
         final = self.root / step_name(step)
-        tag = TMP_PREFIX + final.name
-        tmp = self.root / tag
+        tmp = self.root / (TMP_PREFIX + final.name)
+        self._make_room(engine.device)
         if self.rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)  # a save of this step that died half-way
         _barrier()
         started = time.perf_counter()
-        engine.save_checkpoint(str(self.root), tag=tag, client_state={"step": step}, save_latest=False)
-        torch.save({"rng": capture_rng(), "loader": loader_state}, tmp / rank_file(self.rank))
-        _barrier()
+        failure = None
+        try:
+            engine.save_checkpoint(str(self.root), tag=tmp.name, client_state={"step": step}, save_latest=False)
+            torch.save({"rng": capture_rng(), "loader": loader_state}, tmp / rank_file(self.rank))
+        except (OSError, RuntimeError) as exc:
+            failure = _write_failure(exc, tmp)
+        _raise_together(failure, engine.device)
         if self.rank == 0:
-            write_spec(tmp / SPEC_DIR)
-            (tmp / RUN_CONFIG_NAME).write_text(json.dumps(run_config, indent=1, default=str))
-            seen = {str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()}
-            files = sorted(seen | {rank_file(r) for r in range(self.world)})  # every rank's, seen yet or not
-            full_meta = {"format": FORMAT, **meta, "step": step, "files": files,
-                         "save_seconds": round(time.perf_counter() - started, 3)}
-            _write_json_atomically(tmp / META_NAME, full_meta)
-            shutil.rmtree(final, ignore_errors=True)  # a complete one of the same step (a re-run after a resume)
-            tmp.rename(final)
-            self._prune()
-        _barrier()
+            try:
+                write_spec(tmp / SPEC_DIR)
+                (tmp / RUN_CONFIG_NAME).write_text(json.dumps(run_config, indent=1, default=str))
+                names = {str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()}
+                names |= {rank_file(r) for r in range(self.world)}  # every rank's: missing from view is an error
+                full_meta = {"format": FORMAT, **meta, "step": step, "files": manifest(tmp, sorted(names)),
+                             "save_seconds": round(time.perf_counter() - started, 3)}
+                _write_json_atomically(tmp / META_NAME, full_meta)  # last: the manifest makes the folder complete
+                shutil.rmtree(final, ignore_errors=True)  # a complete one of the same step (a re-run after a resume)
+                tmp.rename(final)
+                self._prune(self.keep)
+            except OSError as exc:
+                failure = _write_failure(exc, tmp)
+        _raise_together(failure, engine.device)
         return final
 
-    def _prune(self) -> None:
-        """Delete complete checkpoints beyond the newest `keep`, and unfinished saves of earlier steps."""
+    def _make_room(self, device: torch.device) -> None:
+        """Collective, before a save: the next checkpoint needs about the newest complete one's size. When that is not
+        free, delete down to `keep - 1` complete checkpoints (never the newest: it is the run's way back) and the
+        broken and unfinished ones; when it is still not free, stop the run (`OutOfSpace`) rather than fill the disk
+        half-way through a write."""
         complete = complete_checkpoints(self.root.parent)
-        for folder in complete[: max(0, len(complete) - self.keep)]:
-            shutil.rmtree(folder, ignore_errors=True)
-        for folder in self.root.glob(TMP_PREFIX + "*"):
+        if not complete:
+            return
+        needed = checkpoint_bytes(complete[-1])
+        if not agree_any([self._free() < needed], device)[0]:
+            return
+        if self.rank == 0:
+            self._prune(max(1, self.keep - 1))
+        _barrier()
+        free = self._free()
+        if agree_any([free < needed], device)[0]:
+            newest = complete_checkpoints(self.root.parent)[-1]
+            raise OutOfSpace(f"not enough space for the next checkpoint in {self.root}: it needs {needed} bytes "
+                             f"(the size of the last one), {free} are free after deleting what checkpoint.keep allows;"
+                             f" free space, then continue from {newest.name} with --resume auto", newest)
+
+    def _free(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def _prune(self, keep: int) -> None:
+        """Delete complete checkpoints beyond the newest `keep` (≥ 1), broken `step_<S>` folders and unfinished saves.
+        Rank 0 only, outside any save in progress."""
+        complete = complete_checkpoints(self.root.parent)
+        doomed = complete[: max(0, len(complete) - max(1, keep))]
+        doomed += [f for f in step_folders(self.root.parent) if f not in complete]
+        doomed += list(self.root.glob(TMP_PREFIX + "*"))
+        for folder in doomed:
             shutil.rmtree(folder, ignore_errors=True)
 
     def read_own(self, folder: Path) -> Restored:
         """This rank's share of a complete checkpoint (local: the trainer agrees on it before loading the engine)."""
-        meta = check_complete(folder)
+        meta = check_complete(folder)  # preflight verified it; this rank re-checks what it is about to read
         path = folder / rank_file(self.rank)
         try:
             own = torch.load(path, map_location="cpu", weights_only=True)
@@ -226,6 +371,43 @@ class CheckpointManager:
         if loaded is None:
             raise RunError(f"DeepSpeed found no engine state in {restored.folder}")
         restore_rng(restored.rng)
+
+
+def checkpoint_bytes(folder: Path) -> int:
+    """The bytes a complete checkpoint takes (its manifest's sizes; a format-1 one is measured on disk)."""
+    files = read_meta(folder)["files"]
+    if isinstance(files, dict):
+        return sum(int(entry["size"]) for entry in files.values())
+    return sum((folder / name).stat().st_size for name in files)
+
+
+def _write_failure(exc: BaseException, path: Path) -> RunError:
+    """The one message a failed checkpoint write ends the run with; a full disk is called one (torch's writer reports
+    it as `basic_ios::clear: iostream error` or `file write failed`, not as ENOSPC)."""
+    try:
+        free = shutil.disk_usage(path if path.exists() else path.parent).free
+    except OSError:
+        free = -1
+    text = str(exc)
+    full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left" in text or (
+        ("iostream error" in text or "file write failed" in text) and 0 <= free < LOW_SPACE)
+    if full:
+        error = RunError(f"no space left on device writing checkpoint {path} ({free} bytes free there): free space, "
+                         "then continue from the newest complete checkpoint with --resume auto")
+    else:
+        error = RunError(f"writing checkpoint {path} failed: {text.splitlines()[0] if text else type(exc).__name__}")
+    error.local = True
+    return error
+
+
+def _raise_together(failure: RunError | None, device: torch.device) -> None:
+    """Collective: when any rank failed, the lowest failing rank raises its error and the others RunAborted."""
+    reporter = first_rank(failure is not None, device)
+    if reporter is None:
+        return
+    if failure is not None and (not dist.is_initialized() or dist.get_rank() == reporter):
+        raise failure
+    raise RunAborted(f"rank {reporter} failed to write the checkpoint")
 
 
 def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
-import subprocess
 import sys
 
 # Modules that add sub-commands: each exposes `register(subparsers)`; a sub-command sets `func(args) -> int`.
@@ -19,7 +17,7 @@ _COMMAND_MODULES = (
 
 
 def _train(args: argparse.Namespace) -> int:
-    """One process runs in-process; several are started with torch's launcher (the same as `torchrun`)."""
+    """One process runs in-process; several are started by `mimo_ds.launch` (checks once, the trainer's status)."""
     train_args = ["--config", args.config] + [f"--set={s}" for s in args.overrides]
     if args.resume is not None:
         train_args += ["--resume", args.resume]
@@ -29,15 +27,9 @@ def _train(args: argparse.Namespace) -> int:
         from mimo_ds.train import main
 
         return main(train_args)
-    env = dict(os.environ)
-    if "DS_ACCELERATOR" not in env:
-        import torch
+    from mimo_ds.launch import launch
 
-        if not torch.cuda.is_available():
-            env["DS_ACCELERATOR"] = "cpu"
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}", "-m", "mimo_ds.train",
-           *train_args]
-    return subprocess.call(cmd, env=env)
+    return launch(train_args, args.nproc)
 
 
 def build_parser() -> argparse.ArgumentParser:

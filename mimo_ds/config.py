@@ -143,13 +143,22 @@ class EvalConfig(Strict):
     batch_size: int = Field(64, ge=1)
 
 
+class ProjectionConfig(Strict):
+    """Where stage 2's projection P comes from. By default from `init_from`'s `projection.safetensors`, and an
+    init_from without one is refused: a random P would silently change where distillation starts."""
+
+    fresh: bool = Field(False, description="true: accept an init_from without projection.safetensors and start P "
+                                           "from a fresh random initialisation (init_from's P is used when present)")
+
+
 class RunConfig(Strict):
     """One training stage (stage 1 distillation, or stage 2 MIMO / a baseline)."""
 
     name: str
     stage: Literal[1, 2]
-    output_dir: Path
+    output_dir: Path = Field(description="where the checkpoints and the stage output go; relative to the YAML's folder")
     init_from: Path | None = Field(None, description="a finished stage's output folder: its student and projection")
+    projection: ProjectionConfig = Field(default_factory=ProjectionConfig)
     seed: int = 42
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto = bf16 on CUDA, fp32 on CPU")
     epochs: int = Field(1, ge=1)
@@ -238,7 +247,9 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
 
 
 def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
-    """Make every relative path in the config relative to the YAML's folder, so a recipe runs from any cwd."""
+    """Make every relative path in the config relative to the YAML's folder, so a recipe runs from any cwd and
+    writes where the next stage's `init_from` (resolved the same way) reads. `--set` values are no exception: a
+    relative path there is relative to the YAML's folder too (launch scripts pass absolute ones)."""
 
     def fix(p: Path | None) -> Path | None:
         if p is None or p.is_absolute():
@@ -246,6 +257,7 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
         return (base / p).resolve()
 
     cfg.deepspeed = fix(cfg.deepspeed)
+    cfg.output_dir = fix(cfg.output_dir)
     cfg.data.train = fix(cfg.data.train)
     cfg.data.teacher_cache = fix(cfg.data.teacher_cache)
     cfg.init_from = fix(cfg.init_from)

@@ -1,7 +1,10 @@
 """`mimo-ds export`: a checkpoint or a stage output → a sentence-transformers or plain Hugging Face folder.
 
 A checkpoint's ZeRO partitions are consolidated on the CPU, without a process group, by DeepSpeed's own
-`zero_to_fp32` (the fp32 master weights, not the bf16 compute copies); a stage output is re-read as it is. Either is
+`zero_to_fp32` (the fp32 master weights, not the bf16 compute copies), but only after the checkpoint passed its
+manifest (every file present, of its recorded size and checksum) and every `.pt` file in it loaded with
+`weights_only=True` (`mimo_ds.checkpoint.verify`): zero_to_fp32 unpickles with `weights_only=False`, so a file
+carrying anything else is refused by name, before it could run. A stage output is re-read as it is. Either is
 written in the stage-output layout (`mimo_ds.stage_output`): `student/` (the encoder), `projection.safetensors` and
 `mimo_ds_student.json` beside it, never inside it, so an export can also be a stage-2 run's `init_from`.
 """
@@ -16,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoTokenizer
 
-from mimo_ds.checkpoint import SPEC_DIR, check_complete
+from mimo_ds.checkpoint import SPEC_DIR, verify
 from mimo_ds.stage_output import (
     STUDENT_DIR,
     STUDENT_META,
@@ -28,7 +31,8 @@ from mimo_ds.stage_output import (
 
 
 def checkpoint_state(folder: Path) -> dict[str, torch.Tensor]:
-    """The student's full fp32 state from a checkpoint's ZeRO partitions (CPU, no process group)."""
+    """The student's full fp32 state from a checkpoint's ZeRO partitions (CPU, no process group); call `verify`
+    on the folder first."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     return get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
@@ -53,7 +57,7 @@ def export(source: Path, out: Path, fmt: Format = "st") -> Path:
         meta = read_student_meta(source)
         spec, state = source / STUDENT_DIR, stage_output_state(source)
     else:
-        checkpoint = check_complete(source)
+        checkpoint = verify(source)
         meta = {**checkpoint["student"], "run_id": checkpoint.get("run_id"), "steps": checkpoint["step"],
                 "teacher": checkpoint.get("teacher"), "checkpoint": str(source)}
         spec, state = source / SPEC_DIR, checkpoint_state(source)

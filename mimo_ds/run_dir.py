@@ -2,11 +2,17 @@
 
 Read by preflight (before any process group: a fresh run refuses to overwrite an earlier run's outputs without
 `--overwrite`; a resume refuses a checkpoint made by a different run) and by the trainer.
+
+`--overwrite` never deletes first: `SetAside` moves the earlier outputs into `<output_dir>/.replaced-<UTC time>/`
+(a rename, instant, on the same filesystem), deletes them once the new run has written its first checkpoint or its
+stage output, and moves them back when the new run fails before that. Only a hard kill in between leaves them in
+`.replaced-*`; the next refusal in that output_dir names the folder.
 """
 
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +29,8 @@ from mimo_ds.stage_output import (
 )
 
 METRICS_FILE = "metrics.jsonl"
-#: Everything a run writes into its output_dir, and nothing else: what --overwrite removes.
+REPLACED_PREFIX = ".replaced-"
+#: Everything a run writes into its output_dir, and nothing else: what --overwrite sets aside.
 RUN_OUTPUTS = (CHECKPOINTS_DIR, STUDENT_DIR, PROJECTION_FILE, LEGACY_PROJECTION_FILE, STUDENT_META, AUDIT_DIR,
                METRICS_FILE, BAD_RECORDS_FILE)
 
@@ -33,14 +40,61 @@ def existing_outputs(output_dir: Path) -> list[str]:
     return [name for name in RUN_OUTPUTS if (output_dir / name).exists()]
 
 
-def clear_outputs(output_dir: Path) -> None:
-    """--overwrite: remove exactly what an earlier run wrote into output_dir, nothing else."""
-    for name in existing_outputs(output_dir):
-        path = output_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+def replaced_folders(output_dir: Path) -> list[Path]:
+    """The `.replaced-*` folders of earlier `--overwrite`s whose new run never got as far as a checkpoint."""
+    return sorted(output_dir.glob(REPLACED_PREFIX + "*")) if output_dir.is_dir() else []
+
+
+class SetAside:
+    """--overwrite on rank 0: the earlier run's outputs, moved out of the way until the new run has replaced them."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.output_dir = output_dir
+        self.folder: Path | None = None
+
+    def move(self) -> None:
+        """Move every earlier output into a fresh `.replaced-<UTC time>` folder inside output_dir."""
+        found = existing_outputs(self.output_dir)
+        if not found:
+            return
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        folder = self.output_dir / f"{REPLACED_PREFIX}{stamp}"
+        for n in range(1, 1000):
+            try:
+                folder.mkdir()
+                break
+            except FileExistsError:
+                folder = self.output_dir / f"{REPLACED_PREFIX}{stamp}-{n}"
+        for name in found:
+            (self.output_dir / name).rename(folder / name)
+        self.folder = folder
+
+    def discard(self) -> None:
+        """The new run has written a checkpoint or its stage output: the replaced outputs (of this and any earlier
+        --overwrite that never got this far) go."""
+        for folder in replaced_folders(self.output_dir):
+            shutil.rmtree(folder, ignore_errors=True)
+        self.folder = None
+
+    def restore(self) -> str | None:
+        """The new run failed before replacing them: its partial outputs go and the earlier ones come back. Returns
+        the line that says so (or where they still are), None when nothing was set aside."""
+        if self.folder is None:
+            return None
+        folder, self.folder = self.folder, None
+        try:
+            for name in existing_outputs(self.output_dir):  # the failed run's own, written before it failed
+                path = self.output_dir / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            for item in folder.iterdir():
+                item.rename(self.output_dir / item.name)
+            folder.rmdir()
+        except OSError as exc:
+            return f"the earlier run's outputs could not all be moved back ({exc}): what remains is in {folder}"
+        return f"the earlier run's outputs, set aside for --overwrite, are back in {self.output_dir}"
 
 
 def run_identity(cfg: RunConfig, world: int) -> dict[str, Any]:

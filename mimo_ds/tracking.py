@@ -64,6 +64,8 @@ TAG_RESUMABLE = "mimo.resumable"
 TAG_CHECKPOINT = "mimo.checkpoint"  # the newest checkpoint folder of the run
 TAG_RESUMES = "mimo.resumes"  # how many times the run was continued from a checkpoint
 MLFLOW_PARENT_TAG = "mlflow.parentRunId"
+#: `mimo-ds train --nproc` names a file in this variable; the trainer's rank 0 writes its run id and store there.
+RUN_ID_FILE_ENV = "MIMO_RUN_ID_FILE"
 MLFLOW_GIT_COMMIT_TAG = "mlflow.source.git.commit"
 
 #: Packages whose versions decide whether two runs are comparable; absent ones are skipped.
@@ -307,6 +309,16 @@ class Tracker:
         while self._pending:
             self._pending.popleft().wait()
         self._client.set_terminated(self.run_id, status)
+
+
+def fail_if_running(run_id: str, tracking_uri: str) -> bool:
+    """Mark a run FAILED when it is still RUNNING, i.e. its ranks died without closing it (a rank killed hard, the
+    others killed while they waited for it); True when it did. A run closed as KILLED or FAILED is left as it is."""
+    client = MlflowClient(tracking_uri)
+    if client.get_run(run_id).info.status != "RUNNING":
+        return False
+    client.set_terminated(run_id, "FAILED")
+    return True
 
 
 def _broadcast(payload: Any) -> Any:

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import torch.distributed as dist
 from transformers import PreTrainedTokenizerBase
 
 from mimo_ds.batch import Batch
-from mimo_ds.checkpoint import CheckpointManager
+from mimo_ds.checkpoint import CheckpointManager, OutOfSpace
 from mimo_ds.config import RunConfig
 from mimo_ds.data.audit import AuditTrail
 from mimo_ds.data.bad_report import BAD_RECORDS_FILE, bad_record_report, report_metrics
@@ -51,7 +52,7 @@ from mimo_ds.models.student import Student, build_student, student_size
 from mimo_ds.models.teacher import Teacher
 from mimo_ds.objectives import Objective, build_objective, objective_class
 from mimo_ds.progress import StepMeter
-from mimo_ds.run_dir import METRICS_FILE, clear_outputs, run_identity
+from mimo_ds.run_dir import METRICS_FILE, SetAside, run_identity
 from mimo_ds.signals import EXIT_PREEMPTED, Preempted, StopRequests
 from mimo_ds.stage_output import (
     STUDENT_DIR,
@@ -61,12 +62,14 @@ from mimo_ds.stage_output import (
 )
 from mimo_ds.step import accumulate_gradients
 from mimo_ds.tracking import (
+    RUN_ID_FILE_ENV,
     TAG_CHECKPOINT,
     TAG_OBJECTIVE,
     TAG_RECIPE,
     TAG_RESUMABLE,
     TAG_STAGE,
     Tracker,
+    resolve_tracking_uri,
     sweep_tags,
 )
 
@@ -174,35 +177,35 @@ class Session:
     rank: int
     world: int
     hf_ds: HfDeepSpeedConfig | None  # alive while the engine is: ZeRO-3's hook on transformers
+    aside: SetAside | None = None  # --overwrite: the earlier outputs, until this run writes a checkpoint or output
     history: list[dict[str, float]] = field(default_factory=list)
 
+    def replaced(self) -> None:
+        """This run has written a checkpoint or its output: the outputs --overwrite set aside can go (rank 0)."""
+        if self.aside is not None and self.rank == 0:
+            self.aside.discard()
+        self.aside = None
 
-def setup(cfg: RunConfig, resume_from: Path | None = None, overwrite: bool = False) -> Session:
+
+def setup(cfg: RunConfig, resume_from: Path | None = None, aside: SetAside | None = None) -> Session:
     """Process group, teacher (before ZeRO-3's HF config exists), student (under it), loader, engine, tracking, and
-    the state of the checkpoint `resume_from` when given."""
+    the state of the checkpoint `resume_from` when given. `aside` (--overwrite): rank 0 moves the earlier outputs
+    into it before any rank writes."""
     import deepspeed
-    from transformers.integrations import HfDeepSpeedConfig
 
     init_process_group()
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device(deepspeed.get_accelerator().device_name(int(os.environ.get("LOCAL_RANK", "0"))))
-    if overwrite and resume_from is None and rank == 0:
-        clear_outputs(cfg.output_dir)
+    if aside is not None and rank == 0:
+        aside.move()
     dist.barrier()
     seed_everything(cfg.seed, rank)
     ds = build_ds_config(cfg, world, device)
 
     needs_live_teacher = cfg.teacher is not None and cfg.data.teacher_cache is None
-    teacher = Teacher.load(cfg.teacher, device) if needs_live_teacher else None
+    teacher = _collectively(lambda: Teacher.load(cfg.teacher, device), device) if needs_live_teacher else None
     teacher_dim = teacher_dim_for(cfg, teacher)
-    if zero_stage(ds) == 3:
-        numel, largest = student_size(cfg.student, teacher_dim, cfg.init_from)
-        if keeps_resident(cfg.student.resident_params, numel, resolve_precision(cfg.precision, device), device):
-            make_resident(ds, largest)
-    hf_ds = HfDeepSpeedConfig(ds) if zero_stage(ds) == 3 else None
-    student = build_student(cfg.student, teacher_dim, cfg.init_from)
-    tokenizer = load_tokenizer(str(cfg.init_from / STUDENT_DIR) if cfg.init_from else cfg.student.path,
-                               trust_remote_code=cfg.student.trust_remote_code)
+    hf_ds, student, tokenizer = _collectively(lambda: _build_student(cfg, ds, teacher_dim, device), device)
 
     loader = build_loader(cfg, tokenizer, teacher, rank, world)
     steps = total_steps(cfg, len(loader))
@@ -228,7 +231,24 @@ def setup(cfg: RunConfig, resume_from: Path | None = None, overwrite: bool = Fal
     audit = AuditTrail(cfg.output_dir, rank, start_step) if cfg.data.audit else None
     return Session(cfg, engine, scheduler, teacher, tokenizer, loader, build_objective(cfg.objective), tracker,
                    checkpoints, StepGuard(cfg.guard.max_consecutive_skips, skipped), audit, steps, start_step, rank,
-                   world, hf_ds)
+                   world, hf_ds, aside)
+
+
+def _build_student(cfg: RunConfig, ds: dict[str, Any], teacher_dim: int | None, device: torch.device
+                   ) -> tuple[HfDeepSpeedConfig | None, Student, PreTrainedTokenizerBase]:
+    """ZeRO-3's HF config (residency decided first), the student under it, and its tokenizer: the part of setup
+    where a model folder that passed preflight may still fail to load (a corrupt config or weights)."""
+    from transformers.integrations import HfDeepSpeedConfig
+
+    if zero_stage(ds) == 3:
+        numel, largest = student_size(cfg.student, teacher_dim, cfg.init_from)
+        if keeps_resident(cfg.student.resident_params, numel, resolve_precision(cfg.precision, device), device):
+            make_resident(ds, largest)
+    hf_ds = HfDeepSpeedConfig(ds) if zero_stage(ds) == 3 else None
+    student = build_student(cfg.student, teacher_dim, cfg.init_from)
+    tokenizer = load_tokenizer(str(cfg.init_from / STUDENT_DIR) if cfg.init_from else cfg.student.path,
+                               trust_remote_code=cfg.student.trust_remote_code)
+    return hf_ds, student, tokenizer
 
 
 def _load_loader_state(loader: TrainLoader, state: dict[str, Any], folder: Path) -> None:
@@ -332,6 +352,7 @@ def save_checkpoint(s: Session, step: int) -> Path:
 
     folder = s.checkpoints.save(s.engine, step, loader_state=s.loader.state_dict(), meta=meta,
                                 run_config=s.cfg.model_dump(mode="json"), write_spec=write_spec)
+    s.replaced()
     s.tracker.set_tags({TAG_CHECKPOINT: str(folder)})
     s.tracker.log_metrics(report_bad_records(s), step=step)
     return folder
@@ -370,6 +391,7 @@ def finish(s: Session, config_path: Path) -> None:
         meta = {**student_meta(s.cfg, student), "steps": s.steps, "run_id": s.tracker.run_id,
                 "teacher": _teacher_fingerprint(s), "config": str(config_path)}
         write_stage_output(s.cfg.output_dir, student.encoder.config, state, s.tokenizer, meta)
+    s.replaced()
     dist.barrier()
     s.tracker.end()
 
@@ -386,25 +408,63 @@ def _teacher_fingerprint(s: Session) -> dict | None:
 def run(cfg: RunConfig, config_path: Path, resume_from: Path | None = None, overwrite: bool = False) -> int:
     """One stage on this rank; returns the exit status (0, or EXIT_PREEMPTED after a signal and a checkpoint).
 
-    Raises RunError when the run failed for a reason the user can act on (the MLflow run is marked FAILED)."""
-    session = setup(cfg, resume_from, overwrite)
+    Raises RunError when the run failed for a reason the user can act on (the MLflow run is marked FAILED; KILLED and
+    resumable when the disk is too full for the next checkpoint), KeyboardInterrupt after a second Ctrl-C (KILLED).
+    With --overwrite, the earlier outputs come back when the run fails before its first checkpoint or output."""
+    aside = SetAside(cfg.output_dir) if overwrite and resume_from is None else None
+    rank = int(os.environ.get("RANK", "0"))
     try:
-        with StopRequests() as stop:
-            train(session, stop)
-        finish(session, config_path)
-    except Preempted as stopped:
-        session.tracker.set_tags({TAG_RESUMABLE: "true", TAG_CHECKPOINT: str(stopped.checkpoint)})
-        session.tracker.end("KILLED")
-        return EXIT_PREEMPTED
+        session = setup(cfg, resume_from, aside)
     except BaseException:
-        session.tracker.end("FAILED")  # never leave the MLflow run marked RUNNING
+        _restore(aside, rank)
+        _close_process_group()
         raise
-    finally:
-        if session.audit is not None:
-            session.audit.close()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    _record_run_id(session)
+    with StopRequests() as stop:
+        try:
+            train(session, stop)
+            finish(session, config_path)
+        except Preempted as stopped:
+            stop.checkpointed = True
+            session.tracker.set_tags({TAG_RESUMABLE: "true", TAG_CHECKPOINT: str(stopped.checkpoint)})
+            session.tracker.end("KILLED")
+            return EXIT_PREEMPTED
+        except OutOfSpace as full:  # resumable once space is freed, from the checkpoint it names
+            session.tracker.set_tags({TAG_RESUMABLE: "true", TAG_CHECKPOINT: str(full.checkpoint)})
+            session.tracker.end("KILLED")
+            raise
+        except KeyboardInterrupt:
+            session.tracker.end("KILLED")
+            _restore(session.aside, rank)
+            raise
+        except BaseException:
+            session.tracker.end("FAILED")  # never leave the MLflow run marked RUNNING
+            _restore(session.aside, rank)
+            raise
+        finally:
+            if session.audit is not None:
+                session.audit.close()
+            _close_process_group()
     return 0
+
+
+def _restore(aside: SetAside | None, rank: int) -> None:
+    """The run failed before writing a checkpoint or output: rank 0 puts the outputs --overwrite set aside back."""
+    if aside is not None and rank == 0 and (said := aside.restore()):
+        print(f"mimo-ds: {said}", file=sys.stderr)
+
+
+def _close_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _record_run_id(s: Session) -> None:
+    """For `mimo-ds train --nproc`: rank 0 tells the launching wrapper which MLflow run this is, so that the wrapper
+    can mark it FAILED when a rank dies where no rank can (kill -9, a segfault: the others hang, and are killed)."""
+    if (target := os.environ.get(RUN_ID_FILE_ENV)) and s.rank == 0 and s.tracker.run_id is not None:
+        uri = resolve_tracking_uri(s.cfg.tracking.tracking_uri)
+        Path(target).write_text(json.dumps({"run_id": s.tracker.run_id, "tracking_uri": uri}))
 
 
 def _evaluate(s: Session) -> dict[str, float]:

@@ -8,6 +8,7 @@ global negatives, dropout on and 2 loader workers: every source of state a resum
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from mimo_ds.checkpoint import (
     FORMAT,
     META_NAME,
     complete_checkpoints,
+    manifest,
     rank_file,
     resolve_resume,
 )
@@ -239,9 +241,10 @@ def _fake_checkpoint(folder: Path, step: int, world: int, drop: str | None = Non
     folder.mkdir(parents=True)
     files = [rank_file(r) for r in range(world)] + ["zero_pp_rank_0_mp_rank_00_model_states.pt"]
     for name in files:
-        if name != drop:
-            (folder / name).write_bytes(b"x")
-    (folder / META_NAME).write_text(json.dumps({"format": FORMAT, "step": step, "files": files}))
+        torch.save({"state": torch.randn(3, 2)}, folder / name)
+    (folder / META_NAME).write_text(json.dumps({"format": FORMAT, "step": step, "files": manifest(folder, files)}))
+    if drop:
+        (folder / drop).unlink()
 
 
 def test_auto_never_takes_an_unfinished_checkpoint(tmp_path):
@@ -252,7 +255,9 @@ def test_auto_never_takes_an_unfinished_checkpoint(tmp_path):
     (root / "step_10").mkdir()                                         # no meta.json
     _fake_checkpoint(root / "step_9", 9, world=2)
     (root / "step_9" / META_NAME).write_text("{truncated")             # meta.json cut short
-    assert resolve_resume("auto", tmp_path / "out") == root / "step_4"
+    skipped = []
+    assert resolve_resume("auto", tmp_path / "out", lambda folder, why: skipped.append(folder.name)) == root / "step_4"
+    assert skipped == ["step_10", "step_9", "step_8"]  # newest first, each named
     assert resolve_resume("never", tmp_path / "out") is None
     assert resolve_resume("auto", tmp_path / "elsewhere") is None
     with pytest.raises(FileNotFoundError, match=r"step_8 is incomplete: missing rank1\.pt"):
@@ -261,6 +266,33 @@ def test_auto_never_takes_an_unfinished_checkpoint(tmp_path):
         resolve_resume(root / ".tmp-step_12", tmp_path / "out")
     with pytest.raises(ValueError, match=r"step_9/meta\.json is not valid JSON"):
         resolve_resume(root / "step_9", tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_a_pickle_planted_in_zero_model_states_never_runs(rows, reference, tmp_path, capsys):
+    """DeepSpeed unpickles its own files with weights_only=False (zero_to_fp32, load_checkpoint): export and resume
+    must refuse a planted object by name before that, whatever the manifest says."""
+    from mimo_ds.cli import main as cli
+    from mimo_ds.train import main as train
+
+    out = tmp_path / "out"
+    shutil.copytree(reference / "checkpoints", out / "checkpoints")
+    folder = out / "checkpoints" / f"step_{STEPS}"
+    target = folder / "zero_pp_rank_0_mp_rank_00_model_states.pt"
+    marker = tmp_path / "payload-ran"
+    state = torch.load(target, map_location="cpu", weights_only=False)  # our own file: trusted here
+    torch.save({**state, "note": _Planted(marker)}, target)
+    meta = json.loads((folder / META_NAME).read_text())
+    meta["files"] = manifest(folder, sorted(meta["files"]))  # re-signed: only the contents give it away
+    (folder / META_NAME).write_text(json.dumps(meta))
+
+    assert cli(["export", "--checkpoint", str(folder), "--out", str(tmp_path / "exported")]) == 2
+    assert f"checkpoint file {target} is refused" in capsys.readouterr().err
+    for resume in (str(folder), "auto"):
+        assert train(_args(out, rows) + ["--resume", resume]) == 2
+        err = capsys.readouterr().err
+        assert f"checkpoint file {target} is refused" in err and err.count("error:") == 1
+    assert not marker.exists() and folder.is_dir()
 
 
 @pytest.mark.slow
@@ -339,3 +371,13 @@ def test_a_pickle_bearing_projection_is_refused_naming_the_file(reference, rows,
 
 class _Payload:
     """Any pickled object: what weights_only=True must refuse to construct."""
+
+
+class _Planted:
+    """Unpickles into a call that creates `marker`: proof that a load ran code of the file's choosing."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (self.marker.touch, ())

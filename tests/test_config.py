@@ -29,6 +29,13 @@ def test_paper_defaults_in_recipes():
     assert (s1.batch.per_device, s1.optim.lr, s1.student.max_length, s1.teacher.query_prompt) == (128, 1e-4, 256, "")
 
 
+def test_projection_section_defaults_to_refusing_a_missing_p_and_names_unknown_keys():
+    assert load_config(ROOT / "recipes/stage2_mimo.yaml").projection.fresh is False
+    assert load_config(ROOT / "recipes/stage2_mimo.yaml", ["projection.fresh=true"]).projection.fresh is True
+    with pytest.raises(ConfigError, match=r"projection\.fersh"):
+        load_config(ROOT / "recipes/stage2_mimo.yaml", ["projection.fersh=true"])
+
+
 def test_overrides_parse_yaml_values():
     cfg = load_config(ROOT / "recipes/tiny/stage1.yaml",
                       ["optim.lr=3e-4", "data.languages=[de, fr]", "tracking.tags.group=sweep"])

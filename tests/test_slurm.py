@@ -133,6 +133,17 @@ def test_dry_run_on_cpu_nodes_uses_gloo_and_passes_overrides(no_slurm, tmp_path)
     assert f"init_from   {tmp_path / 's1'}" in proc.stdout
 
 
+def test_dry_runs_from_anywhere_chain_stage1_output_into_stage2_inside_the_checkout(no_slurm, tmp_path):
+    """output_dir resolves against the recipe like init_from (issue 20): from any submit folder, stage 1 writes into
+    the checkout's runs/stage1, which is where stage 2 reads."""
+    plans = [subprocess.run(["bash", str(script), "--dry-run", "--nodes", "1"], env=no_slurm, capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path) for script in (STAGE1, STAGE2)]
+    assert [p.returncode for p in plans] == [0, 0], plans[0].stderr + plans[1].stderr
+    assert f"output_dir  {ROOT / 'runs' / 'stage1'}\n" in plans[0].stdout
+    assert f"init_from   {ROOT / 'runs' / 'stage1'}\n" in plans[1].stdout
+    assert f"output_dir  {ROOT / 'runs' / 'stage2_mimo'}\n" in plans[1].stdout
+
+
 @pytest.mark.parametrize("args, message", [
     (["--recipe", "recipes/tiny/stage2_mimo.yaml"], "stage-2 recipe; submit it with slurm/stage2.sh"),
     (["--set", "optim.lrr=1"], "optim.lrr"),

@@ -110,9 +110,14 @@ def _projection_mismatch(folder: Path, saved: tuple[int, ...], needed: tuple[int
             f"{needed[0]} (a different student or teacher?)")
 
 
-def check_projection(init_from: Path, student_dim: int, teacher_dim: int) -> None:
-    """Preflight: a stage output's P must map this student's width to this teacher's (read without building models)."""
+def check_projection(init_from: Path, student_dim: int, teacher_dim: int, fresh: bool = False) -> None:
+    """Preflight: a stage output's P must map this student's width to this teacher's (read without building models),
+    and must be there unless the config asks for a fresh one (`projection.fresh`)."""
     state = read_projection(init_from)
+    if state is None and not fresh:
+        raise ValueError(f"init_from {init_from} has no projection.safetensors (a stage output without P, e.g. from a "
+                         "teacher-free objective): stage 2 would start distilling through a random P; point init_from "
+                         "at stage 1's output, or set projection.fresh=true to train a new P on purpose")
     if state is not None and tuple(state["weight"].shape) != (teacher_dim, student_dim):
         raise ValueError(_projection_mismatch(init_from, tuple(state["weight"].shape), (teacher_dim, student_dim)))
 
