@@ -143,6 +143,17 @@ class EvalConfig(Strict):
     batch_size: int = Field(64, ge=1)
 
 
+class ProjectionConfig(Strict):
+    """How the projection P starts (stage 1). `random`: nn.Linear's initialisation, as in the paper. `lstsq`: a
+    closed-form ridge fit of P (weight and bias) from the start student's embeddings to the teacher's on a sample
+    of the stage-1 pairs, made before the first step (`mimo_ds.projection_init`; a deviation from the paper)."""
+
+    init: Literal["random", "lstsq"] = "random"
+    ridge: float = Field(1e-3, gt=0.0, description="lstsq: the ridge penalty as a fraction of the mean eigenvalue of "
+                                                   "the student embeddings' centred Gram matrix")
+    samples: int = Field(1024, ge=2, description="lstsq: pairs the fit reads, over all ranks")
+
+
 class RunConfig(Strict):
     """One training stage (stage 1 distillation, or stage 2 MIMO / a baseline)."""
 
@@ -170,6 +181,7 @@ class RunConfig(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
+    projection: ProjectionConfig = Field(default_factory=ProjectionConfig)
 
     @field_validator("objective", mode="before")
     @classmethod
@@ -203,6 +215,12 @@ class RunConfig(Strict):
             raise ValueError("init_from and student.random_init are both set: the student comes from init_from")
         if self.data.teacher_cache is not None and not declared.needs_teacher():
             raise ValueError("data.teacher_cache is set but the objective uses no teacher")
+        return self
+
+    @model_validator(mode="after")
+    def _projection_init_is_stage_one(self) -> RunConfig:
+        if self.projection.init == "lstsq" and self.stage != 1:
+            raise ValueError("projection.init: lstsq fits P on stage-1 pairs; stage 2 takes P from init_from")
         return self
 
 

@@ -203,6 +203,11 @@ def setup(cfg: RunConfig, resume_from: Path | None = None, overwrite: bool = Fal
     tokenizer = student_tokenizer(cfg.student, cfg.init_from)
 
     loader = build_loader(cfg, tokenizer, teacher, rank, world)
+    if cfg.projection.init == "lstsq" and resume_from is None:  # a resumed run restores P from its checkpoint
+        from mimo_ds.projection_init import fit_projection
+
+        _collectively(lambda: fit_projection(student, build_loader(cfg, tokenizer, teacher, rank, world),
+                                             build_objective(cfg.objective), teacher, cfg.projection, device), device)
     steps = total_steps(cfg, len(loader))
     optimizer = build_optimizer(student, cfg, ds)
     schedule = linear_warmup_decay(steps, cfg.optim.warmup_ratio)
