@@ -47,6 +47,8 @@ class StudentConfig(Strict):
     random_init: dict[str, Any] | None = Field(
         None, description="config overrides; when set the weights are random (tiny test/smoke models)"
     )
+    num_layers: int | None = Field(None, ge=1, description="keep only the encoder's lower N layers (a weaker student "
+                                                           "from the same weights); null = all")
 
 
 class TeacherConfig(Strict):

@@ -78,6 +78,7 @@ def write_stage_output(
     out_dir.mkdir(parents=True, exist_ok=True)
     folder = out_dir / STUDENT_DIR
     encoder_state = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    meta = {**meta, "num_layers": getattr(encoder_config, "num_hidden_layers", None)}
     if is_trimmed(encoder_config):
         trained_rows = int(encoder_config.vocab_size)
         encoder_config, encoder_state, tokenizer = restore_full_vocabulary(encoder_config, encoder_state, tokenizer)

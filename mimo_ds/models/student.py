@@ -16,7 +16,7 @@ from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from mimo_ds.config import Pooling, StudentConfig
 from mimo_ds.models.embedded import Embedded
-from mimo_ds.models.loading import load_encoder, load_tokenizer, resolve_model_path
+from mimo_ds.models.loading import layer_overrides, load_encoder, load_tokenizer, resolve_model_path
 from mimo_ds.models.pooling import pool
 from mimo_ds.models.trim import (
     SPECIAL_ID_FIELDS,
@@ -70,7 +70,7 @@ def build_student(cfg: StudentConfig, teacher_dim: int | None, init_from: Path |
     """Build the student from its backbone, or from a finished stage's output (student weights + projection)."""
     if init_from is None:
         encoder = load_encoder(cfg.path, random_init=cfg.random_init, attn_implementation=cfg.attn_implementation,
-                               trust_remote_code=cfg.trust_remote_code)
+                               trust_remote_code=cfg.trust_remote_code, num_layers=cfg.num_layers)
         student = Student(encoder, cfg.pooling, teacher_dim)
     else:
         student = _from_stage_output(cfg, teacher_dim, init_from)
@@ -85,8 +85,9 @@ def student_size(cfg: StudentConfig, teacher_dim: int | None, init_from: Path | 
     from transformers import AutoModel
 
     source = str(init_from / STUDENT_DIR) if init_from is not None else resolve_model_path(cfg.path)
-    overrides = cfg.random_init if init_from is None else None
-    config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code, **(overrides or {}))
+    overrides = {**(cfg.random_init or {}), **layer_overrides(source, cfg.num_layers, cfg.trust_remote_code)} \
+        if init_from is None else {}
+    config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code, **overrides)
     if init_from is not None and is_written_back(config):
         config = retrimmed_config(config)
     with torch.device("meta"):
@@ -109,6 +110,9 @@ def _from_stage_output(cfg: StudentConfig, teacher_dim: int | None, init_from: P
     else:
         encoder = load_encoder(str(folder), random_init=None, attn_implementation=cfg.attn_implementation,
                                trust_remote_code=cfg.trust_remote_code)
+    if cfg.num_layers is not None and encoder.config.num_hidden_layers != cfg.num_layers:
+        raise ValueError(f"student.num_layers is {cfg.num_layers} but init_from {init_from} holds "
+                         f"{encoder.config.num_hidden_layers} layers")
     student = Student(encoder, cfg.pooling, teacher_dim)
     state = read_projection(init_from) if student.projection is not None else None
     if student.projection is not None and state is not None:
