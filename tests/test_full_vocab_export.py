@@ -72,7 +72,10 @@ def test_a_stage_two_from_the_written_back_output_trains_the_trimmed_rows(trimme
     write_stage_output(tmp / "out", AutoConfig.from_pretrained(tmp / "trim"), _encoder_state(model),
                        AutoTokenizer.from_pretrained(tmp / "trim"), META)
     cfg = StudentConfig(path=str(tmp / "trim"), pooling="mean")
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
     student = build_student(cfg, teacher_dim=None, init_from=tmp / "out")
+    assert torch.equal(torch.random.get_rng_state(), before)  # as a from_pretrained load: later dropout unchanged
     assert student.encoder.config.vocab_size == len(keep) and student.encoder.config.pad_token_id == keep.index(1)
     for name, value in model.state_dict().items():
         torch.testing.assert_close(student.encoder.state_dict()[name], value, rtol=0, atol=0)

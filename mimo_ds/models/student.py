@@ -127,11 +127,14 @@ def _from_stage_output(cfg: StudentConfig, teacher_dim: int | None, init_from: P
 def _retrimmed_encoder(folder: Path, cfg: StudentConfig) -> PreTrainedModel:
     """A stage output's full-vocabulary encoder cut back to the rows its run trained (recorded in its config), so
     the next stage trains on the same vocabulary, as fast as the last one. Built like the backbone (partitioned
-    under ZeRO-3), then given the stored weights."""
+    under ZeRO-3), then given the stored weights; the build's random initialisation runs on a forked RNG, so the
+    run's random stream (dropout masks) is the one a plain `from_pretrained` load leaves, which draws nothing."""
     trimmed = retrimmed_config(AutoConfig.from_pretrained(folder, trust_remote_code=cfg.trust_remote_code))
     overrides = {name: getattr(trimmed, name) for name in ("vocab_size", *SPECIAL_ID_FIELDS) if hasattr(trimmed, name)}
-    encoder = load_encoder(str(folder), random_init=overrides, attn_implementation=cfg.attn_implementation,
-                           trust_remote_code=cfg.trust_remote_code)
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        encoder = load_encoder(str(folder), random_init=overrides, attn_implementation=cfg.attn_implementation,
+                               trust_remote_code=cfg.trust_remote_code)
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found: a written-back stage output keeps its encoder in one file")
