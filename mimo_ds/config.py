@@ -151,8 +151,8 @@ class ProjectionConfig(Strict):
     of the stage-1 pairs, made before the first step (`mimo_ds.projection_init`; a deviation from the paper)."""
 
     init: Literal["random", "lstsq"] = "random"
-    ridge: float = Field(1e-3, gt=0.0, description="lstsq: the ridge penalty as a fraction of the mean eigenvalue of "
-                                                   "the student embeddings' centred Gram matrix")
+    ridge: float = Field(0.1, gt=0.0, description="lstsq: the ridge penalty as a fraction of the mean eigenvalue of "
+                                                  "the student embeddings' centred Gram matrix")
     samples: int = Field(1024, ge=2, description="lstsq: pairs the fit reads, over all ranks")
 
 
