@@ -126,3 +126,42 @@ def test_an_untrained_e5_student_exports_as_the_untrimmed_model(tmp_path):
     torch.testing.assert_close(_embed(out, unseen), _embed(source, unseen), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(_embed(out, DEMO_LANGUAGE_TEXTS), _embed(tmp_path / "trim", DEMO_LANGUAGE_TEXTS),
                                rtol=1e-5, atol=1e-5)
+
+
+def _shard_texts(folder) -> list[str]:
+    from mimo_ds.data.shards import iter_shard, read_index
+
+    index, texts = read_index(folder), []
+    for shard in index.shards:
+        for member in iter_shard(index.path(shard)):
+            for value in (member.record or {}).values():
+                texts += list(value.values()) if isinstance(value, dict) else [value]
+    return texts
+
+
+@pytest.mark.slow
+def test_trimmed_stage_one_then_stage_two_under_zero3_at_two_ranks(tmp_path):
+    """The trainer end to end: a trimmed tiny XLM-R student's stage 1 writes the full vocabulary, MIMO stage 2 from
+    it at 2 ranks under ZeRO-3 trains the trimmed rows again (re-trimmed on every rank) and writes the full one."""
+    from corpus import make_pairs, make_rows
+    from test_trainer import _train
+
+    pairs, rows = make_pairs(tmp_path / "pairs", n=48), make_rows(tmp_path / "rows", n=48)
+    _tiny_model(tmp_path / "full", seed=4)
+    texts = [t for t in _shard_texts(pairs) + _shard_texts(rows) if isinstance(t, str)]
+    trim_model(tmp_path / "full", texts, tmp_path / "trim")
+    student = [f"student.path={tmp_path / 'trim'}", "student.random_init=null"]
+    _train(1, "stage1.yaml", [*student, f"data.train={pairs}", f"output_dir={tmp_path / 's1'}", "max_steps=2",
+                              "epochs=5"])
+    history = _train(2, "stage2_mimo.yaml", [*student, f"data.train={rows}", f"output_dir={tmp_path / 's2'}",
+                                             f"init_from={tmp_path / 's1'}", "max_steps=2", "epochs=5"])
+    assert len([h for h in history if "loss/total" in h]) == 2
+    full = AutoModel.from_pretrained(tmp_path / "full").get_input_embeddings().weight
+    keep = AutoConfig.from_pretrained(tmp_path / "trim").to_dict()[RECORD]["kept_ids"]
+    untouched = sorted(set(range(full.shape[0])) - set(keep))
+    for stage in ("s1", "s2"):
+        meta = json.loads((tmp_path / stage / STUDENT_META).read_text())
+        assert meta["vocabulary"] == {"trained_rows": len(keep), "written": full.shape[0]}
+        rows_out = AutoModel.from_pretrained(tmp_path / stage / STUDENT_DIR).get_input_embeddings().weight
+        assert torch.equal(rows_out[untouched], full[untouched])
+        assert not torch.equal(rows_out[keep], full[keep])  # trained

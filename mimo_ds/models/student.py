@@ -20,7 +20,7 @@ from mimo_ds.models.loading import layer_overrides, load_encoder, load_tokenizer
 from mimo_ds.models.pooling import pool
 from mimo_ds.models.trim import (
     SPECIAL_ID_FIELDS,
-    embedding_key,
+    embedding_name,
     is_written_back,
     retrimmed_config,
     retrimmed_tokenizer,
@@ -139,7 +139,7 @@ def _retrimmed_encoder(folder: Path, cfg: StudentConfig) -> PreTrainedModel:
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found: a written-back stage output keeps its encoder in one file")
     state = load_file(str(weights))
-    key = embedding_key(trimmed)
+    key = embedding_name(encoder)
     state[key] = state[key][torch.tensor(trim_record(trimmed)["kept_ids"])]
     _load_state(encoder, state, weights)
     return encoder

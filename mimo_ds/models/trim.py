@@ -81,7 +81,7 @@ def trim_model(source: str | Path, texts: Iterable[str], out: str | Path) -> dic
     setattr(config, RECORD, _record(source, model.config, keep, old))
     trimmed = AutoModel.from_config(config)
     state = {k: v for k, v in model.state_dict().items()}
-    state[_embedding_key(model)] = old[torch.tensor(keep)].clone()
+    state[embedding_name(model)] = old[torch.tensor(keep)].clone()
     trimmed.load_state_dict(state, strict=True)
     out.mkdir(parents=True)
     trimmed.save_pretrained(out)
@@ -96,9 +96,10 @@ def trim_model(source: str | Path, texts: Iterable[str], out: str | Path) -> dic
     return sizes
 
 
-def _embedding_key(model) -> str:
+def embedding_name(model) -> str:
+    """The parameter name of `model`'s input embedding (the same name in its state dict; also under ZeRO-3)."""
     weight = model.get_input_embeddings().weight
-    return next(name for name, param in model.state_dict(keep_vars=True).items() if param is weight)
+    return next(name for name, param in model.named_parameters() if param is weight)
 
 
 def _check_same_pieces(before, after, texts: list[str], keep: list[int]) -> None:
@@ -204,21 +205,14 @@ def restore_full_vocabulary(config, state: dict[str, torch.Tensor], tokenizer):
     full_tokenizer = AutoTokenizer.from_pretrained(folder)
     if full_tokenizer.convert_ids_to_tokens(keep) != tokenizer.convert_ids_to_tokens(list(range(len(keep)))):
         raise ValueError(f"the tokenizer of {folder} does not hold the student's pieces at the recorded ids")
-    full_rows = AutoModel.from_pretrained(folder).get_input_embeddings().weight.detach()
+    full_model = AutoModel.from_pretrained(folder)
+    full_rows = full_model.get_input_embeddings().weight.detach()
     if (found := embedding_sha256(full_rows)) != record["full_model"]["embedding_sha256"]:
         raise ValueError(f"{folder}: its embedding matrix (sha256 {found[:12]}…) is not the one the student was "
                          f"trimmed from ({record['full_model']['embedding_sha256'][:12]}…; "
                          f"{json.dumps({k: v for k, v in record['full_model'].items() if k != 'embedding_sha256'})})")
     out_config = full_config(config)
-    key = embedding_key(out_config)
+    key = embedding_name(full_model)
     rows = full_rows.clone()
     rows[torch.tensor(keep)] = state[key].to(rows.dtype)
     return out_config, {**state, key: rows}, full_tokenizer
-
-
-def embedding_key(config) -> str:
-    """The state-dict name of the input embedding of the model `config` builds (found on the meta device)."""
-    from transformers import AutoModel
-
-    with torch.device("meta"):
-        return _embedding_key(AutoModel.from_config(config))
