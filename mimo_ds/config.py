@@ -47,6 +47,8 @@ class StudentConfig(Strict):
     random_init: dict[str, Any] | None = Field(
         None, description="config overrides; when set the weights are random (tiny test/smoke models)"
     )
+    num_layers: int | None = Field(None, ge=1, description="keep only the encoder's lower N layers (a weaker student "
+                                                           "from the same weights); null = all")
 
 
 class TeacherConfig(Strict):
@@ -144,9 +146,16 @@ class EvalConfig(Strict):
 
 
 class ProjectionConfig(Strict):
-    """Where stage 2's projection P comes from. By default from `init_from`'s `projection.safetensors`, and an
-    init_from without one is refused: a random P would silently change where distillation starts."""
+    """How the projection P starts. Stage 1: `init: random` (nn.Linear's initialisation, as in the paper) or
+    `lstsq` (a closed-form ridge fit of P, weight and bias, from the start student's embeddings to the teacher's on
+    a sample of the stage-1 pairs, made before the first step: `mimo_ds.projection_init`, a deviation from the
+    paper). Stage 2: P comes from `init_from`'s `projection.safetensors`, and an init_from without one is refused
+    unless `fresh` is set: a random P would silently change where distillation starts."""
 
+    init: Literal["random", "lstsq"] = "random"
+    ridge: float = Field(0.1, gt=0.0, description="lstsq: the ridge penalty as a fraction of the mean eigenvalue of "
+                                                  "the student embeddings' centred Gram matrix")
+    samples: int = Field(1024, ge=2, description="lstsq: pairs the fit reads, over all ranks")
     fresh: bool = Field(False, description="true: accept an init_from without projection.safetensors and start P "
                                            "from a fresh random initialisation (init_from's P is used when present)")
 
@@ -212,6 +221,12 @@ class RunConfig(Strict):
             raise ValueError("init_from and student.random_init are both set: the student comes from init_from")
         if self.data.teacher_cache is not None and not declared.needs_teacher():
             raise ValueError("data.teacher_cache is set but the objective uses no teacher")
+        return self
+
+    @model_validator(mode="after")
+    def _projection_init_is_stage_one(self) -> RunConfig:
+        if self.projection.init == "lstsq" and self.stage != 1:
+            raise ValueError("projection.init: lstsq fits P on stage-1 pairs; stage 2 takes P from init_from")
         return self
 
 

@@ -5,7 +5,8 @@ partitions by `mimo-ds export`), never the bf16 compute copies and never the sha
 returns under ZeRO-3, so stage 2 starts from exactly what stage 1 trained. Layout of the folder:
   student/                the encoder: a sentence-transformers folder (encoder, tokenizer, modules.json, 1_Pooling,
                           2_Normalize, the run's max length and prompts) or, exported with `--format hf`, a plain
-                          Hugging Face folder (encoder + tokenizer)
+                          Hugging Face folder (encoder + tokenizer); always with the full vocabulary of the model
+                          the student started from, also when it trained on a trimmed one
   projection.safetensors  P's weight and bias (training only; never inside the encoder's folder)
   mimo_ds_student.json    pooling, dims, prompts, stage, objective, teacher fingerprint, tracking run id
 A folder written before P moved to safetensors has `projection.pt`; it is read with `weights_only=True`, so a file
@@ -26,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, PretrainedConfig, PreTrainedTokenizerBase
 
 from mimo_ds.models.pooling import ST_POOLING_KEYS
+from mimo_ds.models.trim import is_trimmed, restore_full_vocabulary
 
 STUDENT_DIR = "student"
 PROJECTION_FILE = "projection.safetensors"
@@ -66,6 +68,9 @@ def write_stage_output(
 ) -> None:
     """Write the folder from a student state dict (`encoder.*` and, when trained with a teacher, `projection.*`).
 
+    A student trained on a trimmed vocabulary (`mimo_ds.models.trim`) is written with the full one: its trained rows
+    at their original ids in the full model's matrix, every other row the full model's, and the full tokenizer.
+
     `meta` must hold `pooling`, `hidden_size`, `max_length` and `prompts` ([query, passage]): they go into the
     sentence-transformers files so the exported model encodes as it was trained. Build the encoder here only once
     ZeRO-3's HF config is released (a live one would partition it).
@@ -73,6 +78,11 @@ def write_stage_output(
     out_dir.mkdir(parents=True, exist_ok=True)
     folder = out_dir / STUDENT_DIR
     encoder_state = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    meta = {**meta, "num_layers": getattr(encoder_config, "num_hidden_layers", None)}
+    if is_trimmed(encoder_config):
+        trained_rows = int(encoder_config.vocab_size)
+        encoder_config, encoder_state, tokenizer = restore_full_vocabulary(encoder_config, encoder_state, tokenizer)
+        meta = {**meta, "vocabulary": {"trained_rows": trained_rows, "written": int(encoder_config.vocab_size)}}
     encoder = AutoModel.from_config(encoder_config)
     encoder.load_state_dict(encoder_state, strict=True)
     encoder.save_pretrained(folder)

@@ -47,15 +47,13 @@ from mimo_ds.errors import RunAborted, RunError
 from mimo_ds.guard import StepGuard, is_finite
 from mimo_ds.jsonl import keep_until
 from mimo_ds.models.encoding import encode_texts
-from mimo_ds.models.loading import load_tokenizer
-from mimo_ds.models.student import Student, build_student, student_size
+from mimo_ds.models.student import Student, build_student, student_size, student_tokenizer
 from mimo_ds.models.teacher import Teacher
 from mimo_ds.objectives import Objective, build_objective, objective_class
 from mimo_ds.progress import StepMeter
 from mimo_ds.run_dir import METRICS_FILE, SetAside, run_identity
 from mimo_ds.signals import EXIT_PREEMPTED, Preempted, StopRequests
 from mimo_ds.stage_output import (
-    STUDENT_DIR,
     gather_fp32_state,
     read_student_meta,
     write_stage_output,
@@ -208,6 +206,11 @@ def setup(cfg: RunConfig, resume_from: Path | None = None, aside: SetAside | Non
     hf_ds, student, tokenizer = _collectively(lambda: _build_student(cfg, ds, teacher_dim, device), device)
 
     loader = build_loader(cfg, tokenizer, teacher, rank, world)
+    if cfg.projection.init == "lstsq" and resume_from is None:  # a resumed run restores P from its checkpoint
+        from mimo_ds.projection_init import fit_projection
+
+        _collectively(lambda: fit_projection(student, build_loader(cfg, tokenizer, teacher, rank, world),
+                                             build_objective(cfg.objective), teacher, cfg.projection, device), device)
     steps = total_steps(cfg, len(loader))
     optimizer = build_optimizer(student, cfg, ds)
     schedule = linear_warmup_decay(steps, cfg.optim.warmup_ratio)
@@ -246,8 +249,7 @@ def _build_student(cfg: RunConfig, ds: dict[str, Any], teacher_dim: int | None, 
             make_resident(ds, largest)
     hf_ds = HfDeepSpeedConfig(ds) if zero_stage(ds) == 3 else None
     student = build_student(cfg.student, teacher_dim, cfg.init_from)
-    tokenizer = load_tokenizer(str(cfg.init_from / STUDENT_DIR) if cfg.init_from else cfg.student.path,
-                               trust_remote_code=cfg.student.trust_remote_code)
+    tokenizer = student_tokenizer(cfg.student, cfg.init_from)
     return hf_ds, student, tokenizer
 
 

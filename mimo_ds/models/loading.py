@@ -63,24 +63,37 @@ def load_tokenizer(path: str, padding_side: str | None = None, trust_remote_code
     return tokenizer
 
 
+def layer_overrides(folder: str, num_layers: int | None, trust_remote_code: bool = False) -> dict[str, int]:
+    """The config override that keeps the lower `num_layers` layers of the encoder at `folder` ({} for all of them);
+    more layers than the model has is an error naming `student.num_layers`."""
+    if num_layers is None:
+        return {}
+    have = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code).num_hidden_layers
+    if num_layers > have:
+        raise ValueError(f"student.num_layers is {num_layers} but {folder} has {have} layers")
+    return {"num_hidden_layers": num_layers}
+
+
 def load_encoder(
     path: str, *, random_init: dict[str, Any] | None, attn_implementation: str, dtype: torch.dtype | None = None,
-    trust_remote_code: bool = False,
+    trust_remote_code: bool = False, num_layers: int | None = None,
 ) -> PreTrainedModel:
     """Load pretrained weights, or build the architecture with config overrides and random weights.
 
     Goes through `AutoModel` on purpose: under a live `HfDeepSpeedConfig` (ZeRO-3) transformers then partitions the
     weights while loading, which a hand-built module would not do. Code shipped with a model runs only when the
-    recipe sets `trust_remote_code`.
+    recipe sets `trust_remote_code`. `num_layers` keeps the lower layers only: the config asks for that many and the
+    checkpoint's weights of the layers above are not read into the model, so the result is the same on every build.
     """
     folder = resolve_model_path(path)
     attn = pick_attn_implementation(attn_implementation)
+    depth = layer_overrides(folder, num_layers, trust_remote_code)
     if random_init is not None:
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, **random_init)
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, **{**random_init, **depth})
         config._attn_implementation = attn
         kwargs = {"dtype": dtype} if dtype is not None else {}
         return AutoModel.from_config(config, trust_remote_code=trust_remote_code, **kwargs)
-    kwargs: dict[str, Any] = {"attn_implementation": attn, "trust_remote_code": trust_remote_code}
+    kwargs: dict[str, Any] = {"attn_implementation": attn, "trust_remote_code": trust_remote_code, **depth}
     if dtype is not None:
         kwargs["dtype"] = dtype
     return AutoModel.from_pretrained(folder, **kwargs)

