@@ -20,8 +20,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from mimo_ds.batch import Batch
 from mimo_ds.config import ProjectionConfig
-from mimo_ds.data.batch import Batch
 from mimo_ds.models.student import Student
 from mimo_ds.models.teacher import Teacher
 from mimo_ds.objectives import Objective
