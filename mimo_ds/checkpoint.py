@@ -43,6 +43,7 @@ import torch.distributed as dist
 
 from mimo_ds.distributed import agree_any, first_rank
 from mimo_ds.errors import RunAborted, RunError
+from mimo_ds.versioned_json import read_versioned_json
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -103,17 +104,8 @@ def step_name(step: int) -> str:
 # -- finding ------------------------------------------------------------------------------------------------------------
 def read_meta(folder: Path) -> dict[str, Any]:
     """A checkpoint's meta.json, checked for format; errors name the file."""
-    path = folder / META_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} is not a complete checkpoint: {META_NAME} is missing (an interrupted save?)")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") not in READABLE_FORMATS:
-        raise ValueError(f"{path}: checkpoint format {meta.get('format') if isinstance(meta, dict) else None!r} "
-                         f"is not one of {list(READABLE_FORMATS)}")
-    return meta
+    return read_versioned_json(folder / META_NAME, READABLE_FORMATS,
+                               f"{folder} is not a complete checkpoint (an interrupted save?)")
 
 
 def manifest(folder: Path, names: list[str]) -> dict[str, dict[str, Any]]:
