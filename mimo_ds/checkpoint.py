@@ -10,8 +10,8 @@ A checkpoint is one folder, `checkpoints/step_<S>/`, holding
   saved as tensors and plain values only, so it loads with `weights_only=True`;
 - `student_config/`: the encoder's config and tokenizer, so `mimo-ds export` needs nothing but this folder;
 - `run_config.json`: the run config it was made with;
-- `meta.json`, written last: the step, the MLflow run id, what a resume must match (world size, loader workers,
-  batch, shards, seed, objective) and the manifest: every file's size, and the sha256 of every file up to 4 MiB.
+- `meta.json`, written last: the step, the MLflow run id, the run's identity (what a resume must match, given by
+  `mimo_ds.run_dir.run_identity`) and the manifest: every file's size, and the sha256 of every file up to 4 MiB.
 It is written under a temporary name (`.tmp-step_<S>`) and renamed only after every rank has finished writing; only
 then are checkpoints beyond the newest `keep` deleted. A folder is *complete* when its name is `step_<S>`, its
 meta.json reads, and every file of its manifest exists with that size and checksum: `--resume auto` never takes
@@ -43,6 +43,7 @@ import torch.distributed as dist
 
 from mimo_ds.distributed import agree_any, first_rank
 from mimo_ds.errors import RunAborted, RunError
+from mimo_ds.versioned_json import read_versioned_json
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -57,8 +58,6 @@ HASHED_UP_TO = 4 << 20  # files up to this size get a sha256 in the manifest; la
 LOW_SPACE = 64 << 20  # below this much free space, a failed write of torch's is taken for a full disk
 TMP_PREFIX = ".tmp-"
 _STEP_NAME = re.compile(r"^step_(\d+)$")
-#: What a resume must match exactly: ZeRO's partitions and the loader's slot plan depend on them.
-IDENTITY_KEYS = ("world_size", "num_workers", "per_device", "grad_accum", "shards", "seed", "objective")
 
 
 class UnsafeCheckpoint(ValueError):
@@ -103,17 +102,8 @@ def step_name(step: int) -> str:
 # -- finding ------------------------------------------------------------------------------------------------------------
 def read_meta(folder: Path) -> dict[str, Any]:
     """A checkpoint's meta.json, checked for format; errors name the file."""
-    path = folder / META_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} is not a complete checkpoint: {META_NAME} is missing (an interrupted save?)")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") not in READABLE_FORMATS:
-        raise ValueError(f"{path}: checkpoint format {meta.get('format') if isinstance(meta, dict) else None!r} "
-                         f"is not one of {list(READABLE_FORMATS)}")
-    return meta
+    return read_versioned_json(folder / META_NAME, READABLE_FORMATS,
+                               f"{folder} is not a complete checkpoint (an interrupted save?)")
 
 
 def manifest(folder: Path, names: list[str]) -> dict[str, dict[str, Any]]:
@@ -224,12 +214,6 @@ def resolve_resume(resume: str | Path, output_dir: Path,
     return None
 
 
-def identity_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """`key: checkpoint X, now Y` for every identity key that differs."""
-    return [f"{key}: checkpoint {saved.get(key)!r}, now {now.get(key)!r}" for key in IDENTITY_KEYS
-            if saved.get(key) != now.get(key)]
-
-
 # -- one rank's own state ----------------------------------------------------------------------------------------------
 def capture_rng() -> dict[str, Any]:
     """This process's random generators as tensors and plain values (loadable with weights_only=True)."""
@@ -284,7 +268,7 @@ class CheckpointManager:
 
     def save(self, engine: DeepSpeedEngine, step: int, *, loader_state: dict[str, Any], meta: dict[str, Any],
              run_config: dict[str, Any], write_spec: Callable[[Path], None]) -> Path:
-        """Write `step_<step>` and return it (on every rank); `meta` must hold the identity keys and the run id.
+        """Write `step_<step>` and return it (on every rank); `meta` must hold the run's identity and id.
 
         Raises `OutOfSpace` (every rank) when the last checkpoint's size is not free even after `_make_room`, and
         RunError from the rank that failed to write (the others RunAborted) when a write fails part-way."""

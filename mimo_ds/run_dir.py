@@ -98,7 +98,15 @@ class SetAside:
 
 
 def run_identity(cfg: RunConfig, world: int) -> dict[str, Any]:
-    """What a checkpoint records and a resume must match (`mimo_ds.checkpoint.IDENTITY_KEYS`)."""
+    """What a checkpoint records in its meta and a resume must match exactly: ZeRO's partitions depend on the world
+    size, the loader's slot plan and exact resume on the rest."""
     return {"world_size": world, "num_workers": cfg.data.num_workers, "per_device": cfg.batch.per_device,
             "grad_accum": cfg.batch.grad_accum, "shards": read_index(cfg.data.train).fingerprint(),
             "seed": cfg.seed, "objective": cfg.objective.kind}
+
+
+def identity_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """`key: checkpoint X, now Y` for every key of `now` (this run's `run_identity`) that differs in `saved` (a
+    checkpoint's meta; a key it lacks counts as a difference)."""
+    return [f"{key}: checkpoint {saved.get(key)!r}, now {value!r}" for key, value in now.items()
+            if saved.get(key) != value]

@@ -103,17 +103,29 @@ def swept_of(tags: Mapping[str, str]) -> dict[str, str]:
     return {name: tags[f"mimo.{name}"] for name in names if f"mimo.{name}" in tags}
 
 
-def resolve_tracking_uri(explicit: str | None = None) -> str:
-    """Where runs go: the explicit URI, else $MLFLOW_TRACKING_URI, else `sqlite:///<cwd>/mlflow.db`.
+#: Which setting `tracking_uri_choice` took the store from, in the order they win (the launch plan prints them).
+URI_FROM_EXPLICIT = "the recipe's tracking.tracking_uri"
+URI_FROM_ENV = "MLFLOW_TRACKING_URI"
+URI_FROM_DEFAULT = "the default"
 
-    The default is made absolute here so that a later `chdir`, or `mimo-ds compare` run from the same folder,
-    reaches the same database.
+
+def tracking_uri_choice(explicit: str | None = None, default: str | None = None) -> tuple[str, str]:
+    """Where runs go, and which setting said so (`URI_FROM_*`): the explicit URI (the recipe's, or a command's
+    `--tracking-uri`), else $MLFLOW_TRACKING_URI, else `default`, else `sqlite:///<cwd>/mlflow.db`.
+
+    The last is made absolute here so that a later `chdir`, or `mimo-ds compare` run from the same folder, reaches
+    the same database. `default` is a launcher's own (slurm/ puts the store beside the output folder).
     """
     if explicit:
-        return explicit
+        return explicit, URI_FROM_EXPLICIT
     if env := os.environ.get("MLFLOW_TRACKING_URI"):
-        return env
-    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+        return env, URI_FROM_ENV
+    return default or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}", URI_FROM_DEFAULT
+
+
+def resolve_tracking_uri(explicit: str | None = None) -> str:
+    """Where runs go: `tracking_uri_choice`'s URI."""
+    return tracking_uri_choice(explicit)[0]
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -120,8 +120,8 @@ def check_resume(cfg: RunConfig, resume: str | Path, overwrite: bool, world: int
     """The checkpoint to continue from, refused when it is broken, holds foreign objects, or cannot continue this
     run exactly; a fresh run refused when it would overwrite an earlier run's outputs without --overwrite. Broken
     checkpoints `--resume auto` passes over are named (rank 0) and deleted (rank 0): they can never be resumed."""
-    from mimo_ds.checkpoint import identity_differences, read_meta, resolve_resume
-    from mimo_ds.run_dir import existing_outputs, replaced_folders, run_identity
+    from mimo_ds.checkpoint import read_meta, resolve_resume
+    from mimo_ds.run_dir import existing_outputs, identity_differences, replaced_folders, run_identity
     from mimo_ds.stage_output import STUDENT_META
 
     def skipped(folder: Path, why: str) -> None:

@@ -113,7 +113,6 @@ mimo_find_recipe() {  # relative recipes are looked up in the working directory,
 # and read what the launch needs from it. Prints KEY=VALUE lines; with $1 = count-gpus, also this node's CUDA devices.
 mimo_config_facts() {
   "$MIMO_PYTHON" - "$1" "$MIMO_RECIPE" "${MIMO_SETS[@]}" <<'PY'
-import os
 import sys
 from pathlib import Path
 
@@ -126,14 +125,12 @@ except (ConfigError, FileNotFoundError, ValueError) as exc:
     sys.exit(2)
 out = Path(cfg.output_dir).resolve()
 uri, source, default = "", "disabled (tracking.enabled: false)", ""
-if cfg.tracking.enabled:
-    if cfg.tracking.tracking_uri:
-        uri, source = cfg.tracking.tracking_uri, "the recipe's tracking.tracking_uri"
-    elif os.environ.get("MLFLOW_TRACKING_URI"):
-        uri, source = os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI"
-    else:  # beside the stage output on the shared filesystem, so stage 1 and stage 2 share one store
-        uri = default = f"sqlite:///{out.parent / 'mlflow.db'}"
-        source = "the Slurm default (SQLite beside the output folder)"
+if cfg.tracking.enabled:  # the trainer's precedence; by default the store lies beside the stage output on the
+    from mimo_ds.tracking import URI_FROM_DEFAULT, tracking_uri_choice  # shared filesystem, one for both stages
+
+    uri, source = tracking_uri_choice(cfg.tracking.tracking_uri, default=f"sqlite:///{out.parent / 'mlflow.db'}")
+    if source == URI_FROM_DEFAULT:  # the ranks are given it as MLFLOW_TRACKING_URI: their own default is the cwd's
+        default, source = uri, "the Slurm default (SQLite beside the output folder)"
 print(f"stage={cfg.stage}\nname={cfg.name}\noutput_dir={out}\ninit_from={cfg.init_from or ''}")
 print(f"tracking_uri={uri}\ntracking_source={source}\ntracking_default={default}")
 if sys.argv[1] == "count-gpus":

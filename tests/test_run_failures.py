@@ -168,6 +168,24 @@ def test_a_checkpoint_before_manifests_is_accepted_with_a_warning(rows, tmp_path
     assert "predates checkpoint manifests" in capsys.readouterr().err
 
 
+def test_a_checkpoint_of_another_run_is_refused_naming_every_difference(rows, tmp_path):
+    """The identity a checkpoint records (`run_identity`) against this run's: each differing key named, a key the
+    checkpoint lacks included; the same run resumes."""
+    out = tmp_path / "out"
+    cfg = load_config(TINY2, [f"data.train={rows}", f"output_dir={out}"])
+    saved = {**run_identity(cfg, 2), "seed": cfg.seed + 5}
+    del saved["objective"]
+    folder = _checkpoint(out, 3, saved)
+    with pytest.raises(ConfigError) as caught:
+        check_resume(cfg, "auto", False, 1)
+    assert str(caught.value) == (f"cannot resume from {folder}: the run differs from the one that wrote it in "
+                                 f"world_size: checkpoint 2, now 1; seed: checkpoint {cfg.seed + 5}, now {cfg.seed}; "
+                                 f"objective: checkpoint None, now {cfg.objective.kind!r}")
+    meta = json.loads((folder / META_NAME).read_text())
+    (folder / META_NAME).write_text(json.dumps({**meta, **run_identity(cfg, 1)}))
+    assert check_resume(cfg, "auto", False, 1) == folder
+
+
 # -- 2. files are loaded as tensors only, before anything unpickles them -------------------------------------------------
 def test_a_planted_pickle_is_refused_by_name_and_never_runs(tmp_path, capsys):
     out = tmp_path / "out"

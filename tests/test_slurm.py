@@ -166,6 +166,19 @@ def test_outside_slurm_without_dry_run_refuses(no_slurm):
     assert proc.returncode == 2 and "--dry-run" in proc.stderr
 
 
+def test_dry_run_takes_the_tracking_store_as_the_trainer_does(no_slurm, tmp_path):
+    """MLFLOW_TRACKING_URI of the submitting shell beats the Slurm default and reaches the ranks untouched; the
+    recipe's tracking_uri beats both."""
+    env = {**no_slurm, "MLFLOW_TRACKING_URI": "http://mlflow.example:5000"}
+    proc = _dry_run(STAGE1, env, "--nodes", "1", "--output-dir", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    assert "tracking    http://mlflow.example:5000 (MLFLOW_TRACKING_URI)\n" in proc.stdout
+    assert all("MLFLOW_TRACKING_URI" not in rank_env for _, _, rank_env, _ in _plan(proc.stdout).values())
+    proc = _dry_run(STAGE1, env, "--nodes", "1", "--set", f"tracking.tracking_uri=sqlite:///{tmp_path / 'r.db'}")
+    assert proc.returncode == 0, proc.stderr
+    assert f"tracking    sqlite:///{tmp_path / 'r.db'} (the recipe's tracking.tracking_uri)\n" in proc.stdout
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # A real one-node cluster on localhost.
 

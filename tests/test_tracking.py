@@ -12,7 +12,16 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from mimo_ds.tracking import Tracker, flatten_params, resolve_tracking_uri, sanitize_name
+from mimo_ds.tracking import (
+    URI_FROM_DEFAULT,
+    URI_FROM_ENV,
+    URI_FROM_EXPLICIT,
+    Tracker,
+    flatten_params,
+    resolve_tracking_uri,
+    sanitize_name,
+    tracking_uri_choice,
+)
 
 
 def _cfg(**overrides) -> SimpleNamespace:
@@ -60,6 +69,17 @@ def test_default_store_is_sqlite_in_cwd_and_env_or_config_override_it(tmp_path, 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
     assert resolve_tracking_uri(None) == "http://mlflow.example:5000"
     assert resolve_tracking_uri("sqlite:////data/runs.db") == "sqlite:////data/runs.db"
+
+
+def test_the_choice_names_the_setting_that_won_and_a_launchers_default_comes_last(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    beside = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    assert tracking_uri_choice(None, beside) == (beside, URI_FROM_DEFAULT)
+    assert tracking_uri_choice(None) == (f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}", URI_FROM_DEFAULT)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert tracking_uri_choice(None, beside) == ("http://mlflow.example:5000", URI_FROM_ENV)
+    assert tracking_uri_choice("file:///x", beside) == ("file:///x", URI_FROM_EXPLICIT)
 
 
 def test_start_logs_params_tags_artifacts_and_async_metrics(workdir):

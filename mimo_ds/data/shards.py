@@ -19,7 +19,6 @@ from typing import Any, BinaryIO, Iterable, Iterator
 
 import webdataset as wds
 
-from mimo_ds.data.jsonfile import read_versioned_json
 from mimo_ds.data.records import (
     HASH_MISMATCH,
     MISSING_MEMBER,
@@ -31,6 +30,7 @@ from mimo_ds.data.records import (
     encode_record,
 )
 from mimo_ds.record_kinds import RecordKind, record_kind
+from mimo_ds.versioned_json import read_versioned_json
 
 INDEX_NAME = "index.json"
 # Format 1 gained `size` and `sha256` per shard without a bump: they are optional, so an index written before them

@@ -33,12 +33,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mimo_ds.data.jsonfile import read_versioned_json
 from mimo_ds.data.records import MISSING_SHARD, TRUNCATED_SHARD, UNINDEXED, BadRecord, check_member
 from mimo_ds.data.shards import ShardIndex, ShardReadError, iter_shard, read_index
 from mimo_ds.models.fingerprint import CHECKED_KEYS, fingerprint_of
 from mimo_ds.models.teacher import config_width
 from mimo_ds.objectives import Objective, objective_class, role_texts
+from mimo_ds.versioned_json import read_versioned_json
 
 DEFAULT_DIR = "teacher_cache"  # beside the shards: `<data.train>/teacher_cache`
 META_NAME = "meta.json"

