@@ -20,6 +20,7 @@ import polib
 
 from mimo_ds.data.filters import FilterReport, RawPair, RawRow, Stage1Filters, filter_pairs, filter_rows
 from mimo_ds.data.shards import write_shards
+from mimo_ds.errors import InputError
 
 # Our language code → Django's locale folder, for training (demo shards) and evaluation (mini-benchmark) alike.
 # Chinese is Simplified (zh_Hans, as mMARCO/Belebele use). Portuguese is Brazilian `pt_BR`: Django 5.2's European `pt`
@@ -128,7 +129,7 @@ def gettext_pairs(catalogues: dict[str, Sequence[Path]], report: FilterReport, s
 def check_django_catalogues(catalogues: dict[str, Sequence[Path]]) -> None:
     """Fail, naming the languages and their locale folders, when the installed Django has no catalogue for some."""
     if missing := [lang for lang, paths in catalogues.items() if not paths]:
-        raise ValueError(f"Django {django_root()} has no catalogues for {missing} "
+        raise InputError(f"Django {django_root()} has no catalogues for {missing} "
                          f"(locale folders {[django_locale(l) for l in missing]})")
 
 
