@@ -54,11 +54,15 @@ def debugging() -> bool:
 
 def report_errors(command: Callable[[], int | None]) -> int:
     """Run a command; a `UserError` becomes `error: <message>` on stderr and status 2 (with its traceback first
-    when debugging). Anything else propagates untouched: a bug must show where it happened."""
+    when debugging). Anything else propagates untouched: a bug must show where it happened.
+
+    Under a launcher (`torchrun ... -m mimo_ds.cli eval`) every rank checks the same inputs, so rank 0 alone speaks;
+    the others exit 2 quietly."""
     try:
         return int(command() or 0)
     except UserError as exc:
-        if debugging():
-            traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            if debugging():
+                traceback.print_exc()
+            print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

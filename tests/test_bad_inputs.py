@@ -81,6 +81,9 @@ PROBES = [
           "queries.jsonl: no queries"),
     probe("eval-same-benchmark-twice", "eval --model {fx}/model_empty_config --benchmark {fx}/bench {fx}/bench",
           "benchmark names must differ"),
+    probe("eval-exclude-self-not-mlir",
+          "eval --model {fx}/model_empty_config --benchmark {fx}/bench_monolingual --exclude-self",
+          "exclude_self is an option of the mlir protocol"),
     probe("eval-out-is-a-folder", f"eval --model {{fx}}/model_empty_config --benchmark {{fx}}/bench --out {FULL}",
           "is a folder", keep=(FULL,)),
     probe("eval-k-zero", "eval --model {fx}/model_empty_config --benchmark {fx}/bench --k 10 0",
@@ -218,6 +221,7 @@ def fx(tmp_path_factory) -> Path:
     (fx / "bench_latin1" / "queries.jsonl").write_bytes(
         '{"_id": "q1", "text": "wann fährt der Zug", "lang": "de"}\n'.encode("latin-1"))
     (_benchmark(fx / "bench_meta_list") / "benchmark.json").write_text("[1, 2]")
+    (_benchmark(fx / "bench_monolingual") / "benchmark.json").write_text(json.dumps({"protocol": "multi-monolingual"}))
     (_benchmark(fx / "bench_bad_regex") / "benchmark.json").write_text(json.dumps({"doc_group_pattern": "(?P<group"}))
     _benchmark(fx / "bench_no_queries", queries=False)
     (fx / "bench_no_queries" / "queries.jsonl").write_text("\n")
@@ -344,6 +348,14 @@ def test_debug_flag_does_the_same_and_passes_it_to_child_processes(fx, capsys, m
     status, _, err = _run(probe("debug-flag", ["--debug", *EVAL_MISSING_MODEL]), fx, capsys, monkeypatch)
     _assert_traceback_then_message(status, err, fx)
     assert os.environ["MIMO_DEBUG"] == "1"
+
+
+def test_under_a_launcher_only_rank_0_speaks(fx, capsys, monkeypatch):
+    """`torchrun -m mimo_ds.cli eval ...`: every rank refuses the same input; one message per job, not per rank."""
+    for rank, said in (("1", 0), ("0", 1)):
+        monkeypatch.setenv("RANK", rank)
+        status, out, err = _run(probe("rank", EVAL_MISSING_MODEL), fx, capsys, monkeypatch)
+        assert status == 2 and (out + err).count("model folder not found") == said, (rank, err)
 
 
 def test_a_bug_is_not_turned_into_a_message(monkeypatch):

@@ -96,7 +96,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from mimo_ds.eval.benchmark import load_benchmark
     from mimo_ds.eval.encoding import check_model_folder, load_encoder
     from mimo_ds.eval.geometry import plot_language_clustering
-    from mimo_ds.eval.runner import evaluate_benchmark
+    from mimo_ds.eval.runner import evaluate_benchmark, resolve_exclude_self
 
     # Every input is checked before the model is loaded or anything is encoded.
     check_model_folder(args.model)
@@ -107,6 +107,8 @@ def run_eval(args: argparse.Namespace) -> int:
     names = [b.name for b in benches]
     if len(set(names)) != len(names):
         raise InputError(f"benchmark names must differ (set `name` in benchmark.json): {names}")
+    for bench in benches:
+        resolve_exclude_self(bench, args.exclude_self)
     device = args.device
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # started by torchrun
         if torch.cuda.is_available():
