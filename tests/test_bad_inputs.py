@@ -1,8 +1,8 @@
 """Bad input to every `mimo-ds` command: one message naming the input, the documented exit status, no traceback, and
 nothing of the user's changed or created.
 
-Each probe is one row of PROBES: the command (after `mimo-ds`; `{fx}` is the shared fixture folder, a first word
-`bash` runs a script of the checkout), the status, phrases the message must hold, and the paths that must be left
+Each probe is one row of PROBES: the command (after `mimo-ds`; `{fx}` is the shared fixture folder, in phrases and
+paths too; a first word `bash` runs a script of the checkout), the status, phrases the message must hold, and the paths that must be left
 as they were (`keep`: same files, same bytes) or never made (`absent`). Most run in this process through
 `mimo_ds.cli.main` (the same code as the console script, without a fresh interpreter per probe); those marked
 `process=True` run as `python -m mimo_ds.cli` to prove the real entry. To add a probe, add a row; a fixture it
@@ -84,6 +84,8 @@ PROBES = [
     probe("eval-exclude-self-not-mlir",
           "eval --model {fx}/model_empty_config --benchmark {fx}/bench_monolingual --exclude-self",
           "exclude_self is an option of the mlir protocol"),
+    probe("eval-figures-is-a-file", "eval --model {fx}/model_empty_config --benchmark {fx}/bench --figures {fx}/afile",
+          "--figures {fx}/afile is a file", keep=("{fx}/afile",)),
     probe("eval-out-is-a-folder", f"eval --model {{fx}}/model_empty_config --benchmark {{fx}}/bench --out {FULL}",
           "is a folder", keep=(FULL,)),
     probe("eval-k-zero", "eval --model {fx}/model_empty_config --benchmark {fx}/bench --k 10 0",
@@ -125,6 +127,8 @@ PROBES = [
           absent=("{fx}/o",)),
     probe("jsonl-given-a-folder", f"shards jsonl {FULL} --out {{fx}}/o --kind pairs", "is a folder",
           absent=("{fx}/o",), keep=(FULL,)),
+    probe("jsonl-bad-fixed-language", "shards jsonl {fx}/pairs.jsonl --out {fx}/o --kind pairs --lang de,fr",
+          "one language code expected", absent=("{fx}/o",)),
     probe("jsonl-rows-without-languages", "shards jsonl {fx}/rows.jsonl --out {fx}/o --kind rows",
           "name the languages every row must hold", absent=("{fx}/o",)),
     probe("hf-disk-not-a-dataset", f"shards hf-disk {FULL} --out {{fx}}/o --kind pairs", "not a saved HF dataset",
@@ -148,6 +152,7 @@ PROBES = [
     probe("verify-no-index", f"shards verify {FULL}", "index.json not found", keep=(FULL,)),
     probe("verify-bad-index", "shards verify {fx}/bad_index", "index.json is not valid JSON"),
     probe("verify-json-into-a-folder", f"shards verify {{fx}}/pairs --json {FULL}", "is a folder", keep=(FULL,)),
+    probe("verify-workers-zero", "shards verify {fx}/pairs --workers 0", "--workers: must be at least 1"),
     probe("verify-a-shard-that-is-a-folder", "shards verify {fx}/broken_pairs --mode size", "shard-000001.tar",
           "1 with problems", status=1),
     # -- teacher-cache ---------------------------------------------------------------------------------------------
@@ -174,6 +179,8 @@ PROBES = [
           "no such folder", absent=("{fx}/o",)),
     probe("export-checkpoint-is-a-file", "export --checkpoint {fx}/afile --out {fx}/o", "is a file",
           absent=("{fx}/o",)),
+    probe("export-not-a-checkpoint", f"export --checkpoint {FULL} --out {{fx}}/o", "{fx}/full", "checkpoint",
+          absent=("{fx}/o",), keep=(FULL,)),
     probe("export-onto-existing-folder", f"export --checkpoint {{fx}}/pairs --out {FULL}", "not empty",
           keep=(FULL, "{fx}/pairs")),
     probe("demo-into-a-users-folder", f"demo --out {FULL}", "an earlier demo did not write", keep=(FULL,)),
@@ -295,7 +302,7 @@ def test_bad_input_gets_one_message(p: Probe, fx: Path, capsys, monkeypatch):
     assert status == p.status, f"status {status}, expected {p.status}\nstdout: {out[-1500:]}\nstderr: {err[-3000:]}"
     assert "Traceback" not in err + out, err
     said = err if p.status == 2 else out
-    for phrase in p.phrases:
+    for phrase in (phrase.replace("{fx}", str(fx)) for phrase in p.phrases):
         assert phrase in said, f"{phrase!r} not in the message:\n{said}"
     if p.status == 2:
         assert (err + out).count("error:") == 1, f"the error must be said once:\n{err}"

@@ -27,6 +27,13 @@ def _language_codes(text: str) -> list[str]:
     return codes
 
 
+def _language_code(text: str) -> str:
+    codes = _language_codes(text)
+    if len(codes) != 1:
+        raise argparse.ArgumentTypeError(f"one language code expected, got {text!r}")
+    return codes[0]
+
+
 def _common(p: argparse.ArgumentParser, languages_required: bool = False, heldout_flag: bool = True) -> None:
     p.add_argument("--out", required=True, type=Path, help="a fresh folder for the shards and index.json")
     p.add_argument("--shard-size", type=positive_int, default=10_000, help="records per shard (many small shards stream best)")
@@ -217,7 +224,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p = formats.add_parser(name, help=f"{what} → pairs or rows")
         p.add_argument("path", type=Path)
         p.add_argument("--kind", choices=("pairs", "rows"), required=True)
-        p.add_argument("--lang", help="pairs: the language when records carry none")
+        p.add_argument("--lang", type=_language_code, help="pairs: the language when records carry none")
         if name == "hf-disk":
             p.add_argument("--split", default="train")
         _common(p)
