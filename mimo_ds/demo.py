@@ -114,8 +114,8 @@ class Timings:
 
 
 def check_demo_folder(out: Path) -> None:
-    """`--out` is new, empty, or an earlier demo's folder (MARKER, or the report of a demo older than it): the demo replaces its own outputs there
-    (`_clean`), so it must never be pointed at a folder of the user's that happens to hold a `data/` or `bench/`."""
+    """`--out` is new, empty, or an earlier demo's folder (MARKER, or the report of a demo older than it): the demo
+    replaces its own outputs there (`_clean`), so it must never act on a user's folder that holds a `data/`."""
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; it names the demo's working folder")
     if out.is_dir() and any(out.iterdir()) and not any((out / name).exists() for name in (MARKER, REPORT_JSON)):

@@ -1,10 +1,10 @@
 """Bad input to every `mimo-ds` command: one message naming the input, the documented exit status, no traceback, and
 nothing of the user's changed or created.
 
-Each probe is one row of PROBES: the command (after `mimo-ds`; `{fx}` is the shared fixture folder, in phrases and
-paths too; a first word `bash` runs a script of the checkout), the status, phrases the message must hold, and the paths that must be left
-as they were (`keep`: same files, same bytes) or never made (`absent`). Most run in this process through
-`mimo_ds.cli.main` (the same code as the console script, without a fresh interpreter per probe); those marked
+Each probe is one row of PROBES: the command after `mimo-ds` (a first word `bash` runs a script of the checkout),
+the status, phrases the message must hold, and the paths that must be left as they were (`keep`: same files, same
+bytes) or never made (`absent`); `{fx}`, the shared fixture folder, may appear in all of them. Most run in this
+process through `mimo_ds.cli.main` (the console script's code, without a fresh interpreter per probe); those with
 `process=True` run as `python -m mimo_ds.cli` to prove the real entry. To add a probe, add a row; a fixture it
 needs goes into `fx`.
 """

@@ -36,7 +36,8 @@ def _language_code(text: str) -> str:
 
 def _common(p: argparse.ArgumentParser, languages_required: bool = False, heldout_flag: bool = True) -> None:
     p.add_argument("--out", required=True, type=Path, help="a fresh folder for the shards and index.json")
-    p.add_argument("--shard-size", type=positive_int, default=10_000, help="records per shard (many small shards stream best)")
+    p.add_argument("--shard-size", type=positive_int, default=10_000,
+                   help="records per shard (many small shards stream best)")
     p.add_argument("--languages", type=_language_codes, required=languages_required, help="comma-separated codes")
     if heldout_flag:
         p.add_argument("--exclude-heldout", action="store_true", help="skip texts of the evaluation split (splits.py)")
@@ -204,7 +205,8 @@ def _register_teacher_cache(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", type=Path, help="cache folder (default: <data.train>/teacher_cache)")
     p.add_argument("--device", type=device_name, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="texts per teacher call (forwards: teacher.mini_batch)")
+    p.add_argument("--batch-size", type=positive_int, default=256,
+                   help="texts per teacher call (forwards: teacher.mini_batch)")
     p.set_defaults(func=_teacher_cache)
 
 

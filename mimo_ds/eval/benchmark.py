@@ -209,7 +209,8 @@ def load_benchmark(folder: str | Path) -> Benchmark:
         try:
             patterns[role] = re.compile(pattern) if pattern else None
         except (re.error, TypeError) as exc:
-            raise BenchmarkError(f"{folder / META_FILE}: {role}_group_pattern {pattern!r} is not a regex ({exc})") from None
+            raise BenchmarkError(f"{folder / META_FILE}: {role}_group_pattern {pattern!r} is not a regex "
+                                 f"({exc})") from None
         if pattern and "group" not in patterns[role].groupindex:
             raise BenchmarkError(f"{folder / META_FILE}: {role}_group_pattern {pattern!r} needs a named group "
                                  "(?P<group>...)")
