@@ -1,10 +1,18 @@
-"""`mimo-ds`: one command for the whole workflow. Sub-commands are registered by the modules that own them."""
+"""`mimo-ds`: one command for the whole workflow. Sub-commands are registered by the modules that own them.
+
+Exit statuses: 0 done; 2 bad input (one line `error: ...` on stderr, nothing started); other statuses are the
+command's own (train: 1 failed, 75 preempted and resumable). A traceback means a bug; `--debug` or `MIMO_DEBUG=1`
+shows one for bad input too.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+from typing import NoReturn
+
+from mimo_ds.errors import DEBUG_ENV, EXIT_BAD_INPUT, report_errors
 
 # Modules that add sub-commands: each exposes `register(subparsers)`; a sub-command sets `func(args) -> int`.
 _COMMAND_MODULES = (
@@ -32,8 +40,19 @@ def _train(args: argparse.Namespace) -> int:
     return launch(train_args, args.nproc)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage of a sub-command is many lines; `--help` shows it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mimo-ds", description="MIMO multilingual embedding trainer")
+    parser = _Parser(
+        prog="mimo-ds", description="MIMO multilingual embedding trainer",
+        epilog="Bad input ends with one line 'error: ...' and exit status 2; a traceback means a bug.")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback behind an error message too (or {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train one stage from a run config")
     train.add_argument("--config", required=True)
@@ -49,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    if args.debug:  # the environment, so that processes this command starts (training ranks) inherit it
+        os.environ[DEBUG_ENV] = "1"
+    return report_errors(lambda: args.func(args))
 
 
 if __name__ == "__main__":

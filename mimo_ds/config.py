@@ -246,7 +246,19 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"--set {dotted}: '{'.'.join(keys[: i + 1])}' is a value, not a section")
         node = child
-    node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    node[keys[-1]] = _override_value(dotted, raw)
+
+
+def _override_value(dotted: str, raw: str) -> Any:
+    """The YAML value of `--set dotted=raw`; a value YAML cannot read is a ConfigError naming the key and value."""
+    if not raw.strip():
+        return None
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError(f"--set {dotted}: the value {raw!r} is not valid YAML ({problem}); for text, quote "
+                          f"it: --set '{dotted}=\"{raw}\"'") from None
 
 
 def _format_validation_error(source: str, err: ValidationError) -> str:

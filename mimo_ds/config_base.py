@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from mimo_ds.errors import InputError
 
-class ConfigError(ValueError):
-    """A run config that cannot be used; the message names the file and the key."""
+
+class ConfigError(InputError):
+    """A run config that cannot be used; the message names the file and the key (a ValueError, as before)."""
 
 
 class Strict(BaseModel):

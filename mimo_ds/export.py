@@ -20,6 +20,8 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoTokenizer
 
 from mimo_ds.checkpoint import SPEC_DIR, verify
+from mimo_ds.cli_args import check_fresh_folder
+from mimo_ds.errors import InputError, MissingInput
 from mimo_ds.stage_output import (
     STUDENT_DIR,
     STUDENT_META,
@@ -68,6 +70,8 @@ def export(source: Path, out: Path, fmt: Format = "st") -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
+    check_source_folder(args.checkpoint)
+    check_fresh_folder(args.out, "--out")
     try:
         out = export(args.checkpoint, args.out, args.format)
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
@@ -76,6 +80,15 @@ def _run(args: argparse.Namespace) -> int:
     kind = "sentence-transformers" if args.format == "st" else "Hugging Face"
     print(f"{out / STUDENT_DIR}: {kind} folder (projection and mimo_ds_student.json beside it)")
     return 0
+
+
+def check_source_folder(folder: Path) -> None:
+    """`--checkpoint` names a folder: refused in one line before DeepSpeed or transformers are touched."""
+    if not folder.exists():
+        raise MissingInput(f"--checkpoint {folder}: no such folder (a <output_dir>/checkpoints/step_<S> folder or "
+                           "a stage output)")
+    if not folder.is_dir():
+        raise InputError(f"--checkpoint {folder} is a file; it names a checkpoint or stage-output folder")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -114,15 +114,19 @@ mimo_find_recipe() {  # relative recipes are looked up in the working directory,
 mimo_config_facts() {
   "$MIMO_PYTHON" - "$1" "$MIMO_RECIPE" "${MIMO_SETS[@]}" <<'PY'
 import sys
+import traceback
 from pathlib import Path
 
-from mimo_ds.config import ConfigError, load_config
+from mimo_ds.config import load_config
+from mimo_ds.errors import EXIT_BAD_INPUT, UserError, debugging
 
 try:
     cfg = load_config(sys.argv[2], sys.argv[3:])
-except (ConfigError, FileNotFoundError, ValueError) as exc:
-    print(f"error: {exc}", file=sys.stderr)
-    sys.exit(2)
+except UserError as exc:
+    if debugging():
+        traceback.print_exc()
+    print(f"mimo-slurm: error: {exc}", file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)
 out = Path(cfg.output_dir).resolve()
 uri, source, default = "", "disabled (tracking.enabled: false)", ""
 if cfg.tracking.enabled:  # the trainer's precedence; by default the store lies beside the stage output on the
@@ -141,10 +145,15 @@ PY
 }
 
 mimo_read_config() {  # $1: count-gpus or no-gpus. Sets CFG_<key> for every line mimo_config_facts prints
-  local facts key value
+  local facts key value status
   CFG_stage='' CFG_name='' CFG_output_dir='' CFG_init_from='' CFG_cuda_devices=''
   CFG_tracking_uri='' CFG_tracking_source='' CFG_tracking_default=''
-  facts=$(mimo_config_facts "$1") || mimo_die "the run config was refused (see above); nothing was started"
+  # a refused config (status 2) has printed its one line; anything else is a bug, its traceback above
+  facts=$(mimo_config_facts "$1") || {
+    status=$?
+    ((status == 2)) || mimo_log "reading the run config failed (status $status); nothing was started"
+    exit "$status"
+  }
   while IFS='=' read -r key value; do
     printf -v "CFG_$key" '%s' "$value"
   done <<<"$facts"

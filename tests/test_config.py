@@ -53,6 +53,8 @@ def test_overrides_parse_yaml_values():
     ("objective.kind=mimo", "stage 2"),
     ("teacher=null", "teacher"),
     ("optim.lr=fast", "optim.lr"),
+    ("optim.lr=[1e-3", "--set optim.lr: the value '[1e-3' is not valid YAML"),  # a YAML error, not a traceback
+    ("data.languages={de: x", "--set data.languages: the value '{de: x'"),
 ])
 def test_bad_values_name_the_key(override, named):
     with pytest.raises(ConfigError) as err:

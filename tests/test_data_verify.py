@@ -141,4 +141,4 @@ def test_cli_exit_status_table_and_json(tmp_path, capsys):
     assert report["bytes"] == sum(p.stat().st_size for p in folder.glob("*.tar"))
     assert [r["name"] for r in report["reports"] if not r["ok"]] == ["shard-000003.tar"]
     assert main(["shards", "verify", str(tmp_path / "nothing")]) == 2
-    assert "index.json not found" in capsys.readouterr().err
+    assert "nothing: no such folder" in capsys.readouterr().err

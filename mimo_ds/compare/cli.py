@@ -10,8 +10,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
+
+from mimo_ds.cli_args import check_output_file, positive_int
+from mimo_ds.errors import InputError, MissingInput, report_errors
 
 _SHORT_TAGS = {"stage", "objective", "lambda", "group"}
+# Stores MLflow's client can read (a bare path is a file store).
+_STORE_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 
 
 def _tag(text: str) -> tuple[str, str]:
@@ -24,6 +30,13 @@ def _tag(text: str) -> tuple[str, str]:
 def _tag_key(key: str) -> str:
     """`stage` is short for `mimo.stage` (likewise objective, lambda, group); other keys are used as given."""
     return f"mimo.{key}" if key in _SHORT_TAGS else key
+
+
+def _port(text: str) -> int:
+    port = positive_int(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is at most 65535, got {port}")
+    return port
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -54,8 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                description="Run `mlflow ui` on the store the trainer writes to.")
     ui.add_argument("--tracking-uri", help=store_help)
     ui.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
-    ui.add_argument("--port", type=int, default=5000)
-    ui.add_argument("--workers", type=int, default=1,
+    ui.add_argument("--port", type=_port, default=5000)
+    ui.add_argument("--workers", type=positive_int, default=1,
                     help="server processes (default 1: one person browsing; MLflow's own default is 4)")
     ui.set_defaults(func=run_ui)
 
@@ -67,30 +80,46 @@ def run_compare(args: argparse.Namespace) -> int:
     from mimo_ds.compare.report import write_report
     from mimo_ds.compare.selection import RunSelection, SelectionError, select_runs
     from mimo_ds.compare.table import DEFAULT_METRIC_PATTERNS, build_table, choose_metrics, render_table
-    from mimo_ds.tracking import resolve_tracking_uri, sqlite_path
 
     console, errors = Console(), Console(stderr=True)
-    uri = resolve_tracking_uri(args.tracking_uri)
-    db = sqlite_path(uri)
-    if db is not None and not db.is_file():
-        errors.print(f"[red]no MLflow database at {db}[/]; run from the training folder or pass --tracking-uri")
-        return 2
+    uri = store_uri(args.tracking_uri)
+    check_output_file(Path(args.html) if args.html else None, "--html")
     client = MlflowClient(uri)
     selection = RunSelection(tuple(args.experiment or ()), dict(args.tag), tuple(_split(args.run_id)))
-    try:
-        runs = select_runs(client, selection)
-    except SelectionError as exc:
-        errors.print(f"[red]{exc}[/]")
-        return 2
+    runs = select_runs(client, selection)
     if not runs:
         errors.print("no runs match the selection")
         return 1
-    table = build_table(runs, choose_metrics(runs, _split(args.metrics) or DEFAULT_METRIC_PATTERNS), args.group_by)
+    metrics = (choose_metrics(runs, _split(args.metrics), require_match=True) if args.metrics
+               else choose_metrics(runs, DEFAULT_METRIC_PATTERNS))
+    if args.group_by and not any(args.group_by in run.data.tags for run in runs):
+        tags = sorted({tag for run in runs for tag in run.data.tags if not tag.startswith("mlflow.")})
+        raise SelectionError(f"--group-by {args.group_by}: no selected run has this tag; their tags: "
+                             f"{', '.join(tags) or 'none'}")
+    table = build_table(runs, metrics, args.group_by)
     wide = Console(width=max(console.width, 90 + sum(len(m) + 3 for m in table.metrics)))  # never squash to '…'
     wide.print(render_table(table))
     if args.html:
         console.print(f"report: {write_report(args.html, client, table, uri)}")
     return 0
+
+
+def store_uri(given: str | None) -> str:
+    """The tracking URI to read; a SQLite store that is not there is an error (MLflow would create an empty one,
+    and a typo would look like "no runs")."""
+    from mimo_ds.tracking import resolve_tracking_uri, sqlite_path
+
+    uri = resolve_tracking_uri(given)
+    scheme = uri.partition("://")[0] if "://" in uri else ""
+    if scheme and scheme.split("+")[0] not in _STORE_SCHEMES:  # postgresql+psycopg2:// names a driver too
+        raise InputError(f"tracking URI {uri!r}: {scheme}:// is not an MLflow store (use one of "
+                         f"{', '.join(f'{s}://' for s in _STORE_SCHEMES)})")
+    if not scheme and Path(uri).is_file():
+        raise InputError(f"tracking URI {uri!r} is a file; for a SQLite store write sqlite:///{Path(uri).resolve()}")
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise MissingInput(f"no MLflow database at {db}; run from the training folder or pass --tracking-uri")
+    return uri
 
 
 def run_ui(args: argparse.Namespace) -> int:
@@ -99,9 +128,7 @@ def run_ui(args: argparse.Namespace) -> int:
     MLflow's job runner (a dozen background consumers for its GenAI features) is off unless the user turns it on:
     browsing runs does not use it, and on a login node or laptop it costs more than the UI itself.
     """
-    from mimo_ds.tracking import resolve_tracking_uri
-
-    uri = resolve_tracking_uri(args.tracking_uri)
+    uri = store_uri(args.tracking_uri)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
@@ -115,4 +142,4 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mimo-ds")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return args.func(args)
+    return report_errors(lambda: args.func(args))

@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
 
+from mimo_ds.errors import InputError
+
 DEFAULT_EXPERIMENT = "mimo-ds"
 
 
-class SelectionError(ValueError):
+class SelectionError(InputError):
     """The selection names something the store does not have, or cannot be expressed as an MLflow filter."""
 
 

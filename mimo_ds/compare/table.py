@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from difflib import get_close_matches
 from fnmatch import fnmatchcase
 
 from mlflow.entities import Run
 from rich.table import Table
 
+from mimo_ds.compare.selection import SelectionError
 from mimo_ds.tracking import TAG_GROUP, TAG_LAMBDA, TAG_OBJECTIVE, TAG_STAGE, sanitize_name
 
 #: Final loss parts and every benchmark's nDCG@20; system metrics never match (they live under "system/").
@@ -33,11 +35,13 @@ def run_tag(run: Run, key: str) -> str:
     return run.data.tags.get(key, "")
 
 
-def choose_metrics(runs: list[Run], patterns: tuple[str, ...] | list[str] = DEFAULT_METRIC_PATTERNS) -> list[str]:
+def choose_metrics(runs: list[Run], patterns: tuple[str, ...] | list[str] = DEFAULT_METRIC_PATTERNS, *,
+                   require_match: bool = False) -> list[str]:
     """Metric columns: names and globs in the order given; globs expand to the sorted names some run has.
 
-    Patterns are sanitised like logged names, so `mlir/ndcg@20` finds `mlir/ndcg_at_20`. An exact name no run has
-    still gets a column (of blanks), so a typo shows instead of vanishing.
+    Patterns are sanitised like logged names, so `mlir/ndcg@20` finds `mlir/ndcg_at_20`. With `require_match`
+    (patterns the user typed), a name or glob that no selected run has is a SelectionError naming it and the
+    nearest logged names, rather than a column of blanks or none; otherwise an exact name still gets its column.
     """
     available = sorted({key for run in runs for key in run.data.metrics if not key.startswith("system/")})
     chosen: list[str] = []
@@ -49,8 +53,18 @@ def choose_metrics(runs: list[Run], patterns: tuple[str, ...] | list[str] = DEFA
             matches = [key for key in available if key.count("/") == depth and fnmatchcase(key, pattern)]
         else:
             matches = [sanitize_name(pattern)]
+        if require_match and not set(matches) & set(available):
+            raise SelectionError(_unknown_metric(raw, pattern, available))
         chosen += [key for key in matches if key not in chosen]
     return chosen
+
+
+def _unknown_metric(raw: str, pattern: str, available: list[str]) -> str:
+    close = get_close_matches(pattern, available, n=5, cutoff=0.5)
+    known = close or available[:12]
+    return (f"--metrics {raw!r}: no selected run logged such a metric; "
+            + (f"{'close' if close else 'logged'} names: {', '.join(known)}" if known else "the runs logged none")
+            + ("" if close or len(available) <= 12 else f" (and {len(available) - 12} more)"))
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+from mimo_ds.cli_args import check_fresh_folder, check_output_file, device_name, positive_int
 from mimo_ds.data.filters import DEDUP_MODES, Stage1Filters
+from mimo_ds.errors import ExistingOutput, InputError
 
 
 def _languages(text: str) -> list[str]:
@@ -26,9 +27,17 @@ def _language_codes(text: str) -> list[str]:
     return codes
 
 
+def _language_code(text: str) -> str:
+    codes = _language_codes(text)
+    if len(codes) != 1:
+        raise argparse.ArgumentTypeError(f"one language code expected, got {text!r}")
+    return codes[0]
+
+
 def _common(p: argparse.ArgumentParser, languages_required: bool = False, heldout_flag: bool = True) -> None:
     p.add_argument("--out", required=True, type=Path, help="a fresh folder for the shards and index.json")
-    p.add_argument("--shard-size", type=int, default=10_000, help="records per shard (many small shards stream best)")
+    p.add_argument("--shard-size", type=positive_int, default=10_000,
+                   help="records per shard (many small shards stream best)")
     p.add_argument("--languages", type=_language_codes, required=languages_required, help="comma-separated codes")
     if heldout_flag:
         p.add_argument("--exclude-heldout", action="store_true", help="skip texts of the evaluation split (splits.py)")
@@ -81,6 +90,7 @@ def _run(args: argparse.Namespace) -> int:
     from mimo_ds.data import converters, gettext
 
     fmt, prefix = args.format, args.id_prefix
+    check_fresh_folder(args.out, "--out")
     if fmt == "django-demo":
         paths = gettext.build_django_demo_shards(args.out, args.languages or gettext.DEMO_LANGUAGES,
                                                  shard_size=args.shard_size, exclude_heldout=not args.keep_heldout,
@@ -119,11 +129,8 @@ def _verify(args: argparse.Namespace) -> int:
     from mimo_ds.data.verify import report_json, verify_folder
 
     console = Console()
-    try:
-        index, reports = verify_folder(args.folder, args.mode, args.workers, progress=True)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    check_output_file(args.json, "--json")
+    index, reports = verify_folder(args.folder, args.mode, args.workers, progress=True)
     table = Table(title=f"{index.folder} ({index.kind}, {len(reports)} shards, mode {args.mode})")
     for column in ("shard", "records", "bytes", "status"):
         table.add_column(column, justify="right" if column in ("records", "bytes") else "left")
@@ -149,7 +156,7 @@ def _register_verify(formats: argparse._SubParsersAction) -> None:
     p.add_argument("folder", type=Path, help="a folder written by `mimo-ds shards`")
     p.add_argument("--mode", choices=MODES, default="records",
                    help="size: sizes only; full: and sha256; records (default): and every record")
-    p.add_argument("--workers", type=int, default=None, help="processes in parallel (default: one per CPU)")
+    p.add_argument("--workers", type=positive_int, default=None, help="processes in parallel (default: one per CPU)")
     p.add_argument("--problems", action="store_true", help="list only the shards with problems")
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
     p.set_defaults(func=_verify)
@@ -160,24 +167,31 @@ def _teacher_cache(args: argparse.Namespace) -> int:
     run will check it against; seeded like the trainer, so a random-init (tiny) teacher is the trainer's one."""
     import torch
 
-    from mimo_ds.config import ConfigError, load_config
-    from mimo_ds.data.teacher_cache import DEFAULT_DIR, write_cache
+    from mimo_ds.config import load_config
+    from mimo_ds.data.teacher_cache import DEFAULT_DIR, META_NAME, write_cache
+    from mimo_ds.data.verify import read_shard_index
     from mimo_ds.models.teacher import Teacher
     from mimo_ds.objectives import objective_class
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides)
+    objective = objective_class(cfg.objective.kind)
     if cfg.teacher is None:
-        print(f"error: {args.config} has no teacher section ({cfg.objective.kind!r} uses no teacher)", file=sys.stderr)
-        return 2
+        raise InputError(f"{args.config} has no teacher section ({cfg.objective.kind!r} uses no teacher)")
+    # Everything checkable is checked before the teacher is loaded (minutes for a large one).
+    index = read_shard_index(cfg.data.train)
+    if index.kind != objective.shards:
+        raise InputError(f"data.train {cfg.data.train} holds {index.kind}; objective {objective.kind!r} reads "
+                         f"{objective.shards}")
     out = args.out or cfg.data.train / DEFAULT_DIR
+    if (out / META_NAME).exists():
+        raise ExistingOutput(f"{out / META_NAME} exists: this teacher cache is already written (remove the folder "
+                             "to rebuild it, or give --out a fresh folder)")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; it names the cache folder")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
     teacher = Teacher.load(cfg.teacher, device)
-    meta_path = write_cache(teacher, objective_class(cfg.objective.kind), cfg.data.train, out,
+    meta_path = write_cache(teacher, objective, cfg.data.train, out,
                             batch_size=args.batch_size)
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     print(f"{meta_path}: {meta['count']} {meta['kind']} rows × {meta['dim']} ({', '.join(meta['roles'])}), "
@@ -190,8 +204,9 @@ def _register_teacher_cache(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, help="run config YAML: its teacher section and data.train are used")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", type=Path, help="cache folder (default: <data.train>/teacher_cache)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    p.add_argument("--batch-size", type=int, default=256, help="texts per teacher call (forwards: teacher.mini_batch)")
+    p.add_argument("--device", type=device_name, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--batch-size", type=positive_int, default=256,
+                   help="texts per teacher call (forwards: teacher.mini_batch)")
     p.set_defaults(func=_teacher_cache)
 
 
@@ -211,7 +226,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p = formats.add_parser(name, help=f"{what} → pairs or rows")
         p.add_argument("path", type=Path)
         p.add_argument("--kind", choices=("pairs", "rows"), required=True)
-        p.add_argument("--lang", help="pairs: the language when records carry none")
+        p.add_argument("--lang", type=_language_code, help="pairs: the language when records carry none")
         if name == "hf-disk":
             p.add_argument("--split", default="train")
         _common(p)

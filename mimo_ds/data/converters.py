@@ -18,6 +18,7 @@ from mimo_ds.data.sources import (
     read_jsonl_rows,
     read_parallel_sentences,
 )
+from mimo_ds.errors import InputError
 
 
 def _write_pairs(
@@ -99,7 +100,7 @@ def convert_id_aligned(
 
 def _row_languages(languages: Sequence[str] | None, path: Any) -> Sequence[str]:
     if not languages:
-        raise ValueError(f"rows from {path}: name the languages every row must hold (--languages)")
+        raise InputError(f"rows from {path}: name the languages every row must hold (--languages)")
     return languages
 
 

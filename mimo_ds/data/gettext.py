@@ -14,6 +14,7 @@ from typing import Any, Iterable, Iterator, Sequence
 from mimo_ds.catalogues import catalogue_entries, catalogue_table, django_catalogues, django_locale, django_root
 from mimo_ds.data.filters import FilterReport, RawPair, RawRow, Stage1Filters, filter_pairs, filter_rows
 from mimo_ds.data.shards import write_shards
+from mimo_ds.errors import InputError
 from mimo_ds.record_kinds import PAIRS, ROWS, RecordKind, record_kind
 
 # MIMO's 14 languages: the demo's training languages and the mini-benchmark's default.
@@ -34,7 +35,7 @@ def gettext_pairs(catalogues: dict[str, Sequence[Path]], report: FilterReport, s
 def check_django_catalogues(catalogues: dict[str, Sequence[Path]]) -> None:
     """Fail, naming the languages and their locale folders, when the installed Django has no catalogue for some."""
     if missing := [lang for lang, paths in catalogues.items() if not paths]:
-        raise ValueError(f"Django {django_root()} has no catalogues for {missing} "
+        raise InputError(f"Django {django_root()} has no catalogues for {missing} "
                          f"(locale folders {[django_locale(l) for l in missing]})")
 
 

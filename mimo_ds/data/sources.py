@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator, Sequence
 
 from mimo_ds.data.filters import FilterReport, RawPair
+from mimo_ds.errors import InputError, MissingInput
 
 # The 8 OPUS-based corpora of sentence-transformers/parallel-sentences, in the paper's dedup order.
 PARALLEL_SENTENCES_CORPORA = (
@@ -70,6 +71,10 @@ def _raw_lines(stream: IO[bytes], where: str, report: FilterReport) -> Iterator[
 def read_lines(path: Path, report: FilterReport) -> Iterator[str]:
     """The decoded lines of a text file (see the module docstring for what is skipped and counted)."""
     where, number = str(path), 0
+    if path.suffix in _OPENERS and path.stat().st_size == 0:  # gzip would read it as no lines at all
+        report.read_error(where, "truncated_compressed")
+        report.notes.append(f"{path}: the compressed stream ends early: the file is empty (0 bytes)")
+        return
     stream = _open(path)  # a missing file raises here, not as bad data below
     try:
         with stream:
@@ -87,34 +92,57 @@ def read_lines(path: Path, report: FilterReport) -> Iterator[str]:
         report.notes.append(f"{path}: unreadable compressed data; stopped after line {number}: {exc}")
 
 
+def parallel_sentences_files(
+    root: str | os.PathLike[str], languages: Sequence[str], corpora: Sequence[str] = PARALLEL_SENTENCES_CORPORA,
+) -> list[tuple[str, str, Path]]:
+    """(corpus, language, path) of every `{corpus}-en-{lang}-train.tsv.gz` present, corpora first then languages (the
+    dedup order). A language asked for without any file is an error naming it, not a language silently absent."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MissingInput(f"{root}: no such folder (the parallel-sentences root holds one folder per corpus)")
+    files = [(corpus, lang, root / corpus / f"{corpus}-en-{lang}-train.tsv.gz")
+             for corpus in corpora for lang in languages if lang != "en"]
+    files = [(corpus, lang, path) for corpus, lang, path in files if path.is_file()]
+    found = {lang for _, lang, _ in files}
+    if missing := [lang for lang in languages if lang != "en" and lang not in found]:
+        raise MissingInput(f"no {{corpus}}/{{corpus}}-en-{{lang}}-train.tsv.gz under {root} for the language(s) "
+                           f"{', '.join(missing)} (corpora {', '.join(corpora)})")
+    return files
+
+
 def read_parallel_sentences(
     root: str | os.PathLike[str], languages: Sequence[str], report: FilterReport,
     corpora: Sequence[str] = PARALLEL_SENTENCES_CORPORA,
 ) -> Iterator[RawPair]:
-    """Pairs from every `{corpus}-en-{lang}-train.tsv.gz` present, corpora first then languages (the dedup order)."""
-    root = Path(root)
-    found = 0
-    for corpus in corpora:
-        for lang in languages:
-            if lang == "en":
+    """Pairs from every `{corpus}-en-{lang}-train.tsv.gz` present (see `parallel_sentences_files`, checked now, before
+    the first pair is asked for)."""
+    return _parallel_pairs(parallel_sentences_files(root, languages, corpora), report)
+
+
+def _parallel_pairs(files: list[tuple[str, str, Path]], report: FilterReport) -> Iterator[RawPair]:
+    for corpus, lang, path in files:
+        for line in read_lines(path, report):
+            fields = line.split("\t")
+            if len(fields) != 2:
+                report.read_error(str(path), "not_two_columns")
                 continue
-            path = root / corpus / f"{corpus}-en-{lang}-train.tsv.gz"
-            if not path.is_file():
-                continue
-            found += 1
-            for line in read_lines(path, report):
-                fields = line.split("\t")
-                if len(fields) != 2:
-                    report.read_error(str(path), "not_two_columns")
-                    continue
-                yield RawPair(lang, fields[0], fields[1], corpus)
-    if not found:
-        raise FileNotFoundError(f"no {{corpus}}/{{corpus}}-en-{{lang}}-train.tsv.gz file under {root} for {list(languages)}")
+            yield RawPair(lang, fields[0], fields[1], corpus)
+
+
+def check_file(path: Path) -> Path:
+    """An input file, or a UserError naming it: checked when a reader is called, before any output is made."""
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; a file was expected")
+    if not path.is_file():
+        raise MissingInput(f"{path} not found")
+    return path
 
 
 def _json_lines(path: Path, report: FilterReport) -> Iterator[dict[str, Any]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
+    return _json_objects(check_file(path), report)
+
+
+def _json_objects(path: Path, report: FilterReport) -> Iterator[dict[str, Any]]:
     for line in read_lines(path, report):
         if not line.strip():
             continue
@@ -159,21 +187,25 @@ def read_jsonl_rows(path: str | os.PathLike[str], report: FilterReport) -> Itera
 
 
 def read_hf_disk(path: str | os.PathLike[str], split: str = "train") -> Iterator[dict[str, Any]]:
-    """Records of a `datasets.save_to_disk` folder (a Dataset, or `split` of a DatasetDict), streamed row by row."""
+    """Records of a `datasets.save_to_disk` folder (a Dataset, or `split` of a DatasetDict), streamed row by row;
+    the folder is opened now, so a wrong one is refused before any output is made."""
     import datasets
 
-    data = datasets.load_from_disk(str(path))
+    if not Path(path).is_dir():
+        raise MissingInput(f"{path}: no such folder (a folder written by datasets' save_to_disk)")
+    try:
+        data = datasets.load_from_disk(str(path))
+    except FileNotFoundError as exc:  # datasets' word for a folder that save_to_disk did not write
+        raise InputError(f"{path}: not a saved HF dataset ({exc})") from None
     if isinstance(data, datasets.DatasetDict):
         if split not in data:
-            raise KeyError(f"{path} has splits {list(data)}, not {split!r}")
+            raise InputError(f"{path} has splits {list(data)}, not {split!r} (--split)")
         data = data[split]
-    yield from data
+    return iter(data)
 
 
 def _read_id_tsv(path: Path, report: FilterReport) -> dict[str, str]:
     """id → text; a repeated id keeps its first text (counted `duplicate_id`)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
     table: dict[str, str] = {}
     for line in read_lines(path, report):
         key, sep, text = line.partition("\t")
@@ -199,12 +231,25 @@ def read_id_aligned_rows(
     language is reported under that language and skipped: rows must be parallel.
     """
     root = Path(root)
-    fmt = lambda pattern, lang: root / pattern.format(lang=lang, name=MMARCO_NAMES.get(lang, lang))  # noqa: E731
-    query_text = {lang: _read_id_tsv(fmt(queries, lang), report) for lang in languages}
-    passage_text = {lang: _read_id_tsv(fmt(passages, lang), report) for lang in languages}
-    pairs_path = root / pairs
-    if not pairs_path.is_file():
-        raise FileNotFoundError(f"{pairs_path} not found")
+    if not root.is_dir():
+        raise MissingInput(f"{root}: no such folder (the id-aligned root)")
+    try:
+        names = {lang: (queries.format(lang=lang, name=MMARCO_NAMES.get(lang, lang)),
+                        passages.format(lang=lang, name=MMARCO_NAMES.get(lang, lang))) for lang in languages}
+    except (KeyError, IndexError, ValueError) as exc:  # str.format: an unknown {field} or a stray brace
+        raise InputError(f"--queries {queries!r} / --passages {passages!r}: a pattern may hold only {{lang}} and "
+                         f"{{name}} ({type(exc).__name__}: {exc})") from None
+    query_files = {lang: check_file(root / q) for lang, (q, _) in names.items()}
+    passage_files = {lang: check_file(root / p) for lang, (_, p) in names.items()}
+    return _id_aligned_rows(query_files, passage_files, check_file(root / pairs), languages, report)
+
+
+def _id_aligned_rows(
+    query_files: dict[str, Path], passage_files: dict[str, Path], pairs_path: Path, languages: Sequence[str],
+    report: FilterReport,
+) -> Iterator[tuple[str, str, dict[str, str], dict[str, str]]]:
+    query_text = {lang: _read_id_tsv(path, report) for lang, path in query_files.items()}
+    passage_text = {lang: _read_id_tsv(path, report) for lang, path in passage_files.items()}
     seen: set[tuple[str, str]] = set()
     for line in read_lines(pairs_path, report):
         cols = line.split()

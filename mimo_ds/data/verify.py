@@ -17,12 +17,14 @@ import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Literal
 
 from tqdm import tqdm
 
 from mimo_ds.data.records import HASH_MISMATCH, TRUNCATED_SHARD, UNINDEXED, check_member
 from mimo_ds.data.shards import ShardIndex, ShardInfo, ShardReadError, check_shard_file, iter_shard, read_index
+from mimo_ds.errors import InputError, MissingInput
 
 Mode = Literal["size", "full", "records"]
 MODES: tuple[str, ...] = ("size", "full", "records")
@@ -120,15 +122,31 @@ def _verify_one(args: tuple[ShardIndex, ShardInfo, Mode]) -> ShardReport:
     return verify_shard(*args)
 
 
+def read_shard_index(folder: str | os.PathLike[str], require_files: bool = True) -> ShardIndex:
+    """`read_index` for a folder the user named on a command line: what is wrong with it becomes a UserError (one
+    line, status 2) that names the folder, instead of a traceback."""
+    path = Path(folder)
+    if not path.exists():
+        raise MissingInput(f"{path}: no such folder (a shard folder written by `mimo-ds shards`)")
+    if not path.is_dir():
+        raise InputError(f"{path} is a file; a shard folder (with index.json) was expected")
+    try:
+        return read_index(path, require_files=require_files)
+    except FileNotFoundError as exc:
+        raise MissingInput(str(exc)) from exc
+    except (ValueError, PermissionError) as exc:
+        raise InputError(str(exc)) from exc
+
+
 def verify_folder(
     folder: str | os.PathLike[str], mode: Mode = "records", workers: int | None = None, progress: bool = False,
     on_report: Callable[[ShardReport], None] | None = None,
 ) -> tuple[ShardIndex, list[ShardReport]]:
     """Check every shard listed in `folder/index.json`, `workers` processes in parallel (default: one per CPU);
-    reports in index order. A missing or unreadable index raises (FileNotFoundError / ValueError)."""
+    reports in index order. A missing or unreadable index is a UserError naming it (`read_shard_index`)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    index = read_index(folder, require_files=False)
+    index = read_shard_index(folder, require_files=False)
     jobs = [(index, shard, mode) for shard in index.shards]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     bar = tqdm(total=len(jobs), unit="shard", desc=f"verify {index.folder.name}", disable=not progress)

@@ -36,6 +36,7 @@ from mimo_ds.data.filters import FilterReport, RawPair, Stage1Filters, filter_pa
 from mimo_ds.data.gettext import MIN_ROW_WORDS, gettext_pairs, gettext_rows
 from mimo_ds.data.shards import write_shards
 from mimo_ds.data.splits import HELDOUT_BUCKETS
+from mimo_ds.errors import InputError, report_errors
 from mimo_ds.record_kinds import PAIRS, ROWS
 
 RESERVED = ("weblate", "sphinx")
@@ -47,7 +48,7 @@ JUPYTERLAB_LOCALES = {"ar": "ar_SA", "de": "de_DE", "es": "es_ES", "fr": "fr_FR"
 DEMO_LANGUAGES = ("en", "ar", "de", "es", "fr", "it", "ja", "nl", "pt", "ru", "zh")
 
 
-class ReservedCatalogueError(ValueError):
+class ReservedCatalogueError(InputError):
     """A catalogue path inside a reserved wheel (weblate, sphinx)."""
 
 
@@ -116,7 +117,7 @@ def catalogues(sources: Sequence[str], languages: Sequence[str]) -> dict[str, di
     """source → non-English language → catalogue files (languages a source lacks are left out)."""
     unknown = [s for s in sources if s not in SOURCES]
     if unknown:
-        raise ValueError(f"unknown catalogue sources {unknown}; known: {sorted(SOURCES)}")
+        raise InputError(f"unknown catalogue sources {unknown}; known: {sorted(SOURCES)}")
     out = {}
     for name in sources:
         found = {lang: SOURCES[name].find(lang) for lang in languages if lang != "en"}
@@ -192,7 +193,7 @@ def build_rows(out_dir: str | Path, sources: Sequence[str], languages: Sequence[
     by_lang = merged(by_source, languages)
     missing = [lang for lang in languages if lang != "en" and not by_lang[lang]]
     if missing:
-        raise ValueError(f"no source in {list(sources)} has catalogues for {missing}")
+        raise InputError(f"no source in {list(sources)} has catalogues for {missing}")
     report = FilterReport()
     records = filter_rows(gettext_rows(by_lang, report), by_lang, report, "wr", True, seed)
     report.notes.append(f"rows: English msgids of ≥ {MIN_ROW_WORDS} words translated in all of {sorted(languages)}; "
@@ -217,8 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--languages", default=",".join(DEMO_LANGUAGES))
     parser.add_argument("--sources", default=",".join(DEMO_SOURCES))
     args = parser.parse_args(argv)
-    languages = [lang for lang in args.languages.split(",") if lang != "en"]
-    result = survey(args.sources.split(","), languages)
+    return report_errors(lambda: _survey(args.sources.split(","), args.languages.split(",")))
+
+
+def _survey(sources: list[str], languages: list[str]) -> int:
+    languages = [lang for lang in languages if lang != "en"]
+    result = survey(sources, languages)
     print("usable translated msgids per language (of them ≥ 6 words); '-' = the source has no catalogue")
     print(f"{'source':16}" + "".join(f"{lang:>10}" for lang in languages))
     for name, by_lang in result.items():

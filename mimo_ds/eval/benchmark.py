@@ -12,16 +12,19 @@ import csv
 import json
 import re
 from collections.abc import Container, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
+
+from mimo_ds.errors import InputError
 
 Protocol = Literal["mlir", "multi-monolingual"]
 PROTOCOLS: tuple[str, ...] = ("mlir", "multi-monolingual")
 META_FILE = "benchmark.json"
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(InputError):
     """A benchmark folder that cannot be evaluated as it stands; the message names the file and record."""
 
 
@@ -96,7 +99,10 @@ def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     if path.is_dir():
         import datasets
 
-        ds = datasets.load_from_disk(str(path))
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except FileNotFoundError as exc:  # datasets' word for "not a folder save_to_disk wrote"
+            raise BenchmarkError(f"{path}: not a saved HF dataset ({exc})") from None
         if isinstance(ds, datasets.DatasetDict):
             if len(ds) != 1:
                 raise BenchmarkError(f"{path}: a DatasetDict with splits {list(ds)}; save the one split to use")
@@ -104,11 +110,11 @@ def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         for i, row in enumerate(ds):
             yield f"{path}[{i}]", row
     elif path.suffix == ".tsv":
-        with path.open(encoding="utf-8", newline="") as f:
+        with _text(path, newline="") as f:
             for i, row in enumerate(csv.DictReader(f, delimiter="\t"), start=2):
                 yield f"{path}:{i}", row
     else:
-        with path.open(encoding="utf-8") as f:
+        with _text(path) as f:
             for i, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -119,6 +125,16 @@ def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                 if not isinstance(row, dict):
                     raise BenchmarkError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
                 yield f"{path}:{i}", row
+
+
+@contextmanager
+def _text(path: Path, newline: str | None = None) -> Iterator[IO[str]]:
+    """A UTF-8 text file whose decoding errors name the file: a benchmark is never half read."""
+    with path.open(encoding="utf-8", newline=newline) as f:
+        try:
+            yield f
+        except UnicodeDecodeError as exc:
+            raise BenchmarkError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start} of a block)") from None
 
 
 def _unkey(row: dict[str, Any]) -> dict[str, Any]:
@@ -183,12 +199,18 @@ def load_benchmark(folder: str | Path) -> Benchmark:
     if (folder / META_FILE).exists():
         try:
             meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise BenchmarkError(f"{folder / META_FILE}: not valid JSON ({exc.msg})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BenchmarkError(f"{folder / META_FILE}: not valid JSON ({exc})") from None
+        if not isinstance(meta, dict):
+            raise BenchmarkError(f"{folder / META_FILE}: expected a JSON object, got {type(meta).__name__}")
     patterns = {}
     for role in ("doc", "query"):
         pattern = meta.get(f"{role}_group_pattern")
-        patterns[role] = re.compile(pattern) if pattern else None
+        try:
+            patterns[role] = re.compile(pattern) if pattern else None
+        except (re.error, TypeError) as exc:
+            raise BenchmarkError(f"{folder / META_FILE}: {role}_group_pattern {pattern!r} is not a regex "
+                                 f"({exc})") from None
         if pattern and "group" not in patterns[role].groupindex:
             raise BenchmarkError(f"{folder / META_FILE}: {role}_group_pattern {pattern!r} needs a named group "
                                  "(?P<group>...)")
@@ -198,6 +220,10 @@ def load_benchmark(folder: str | Path) -> Benchmark:
     corpus = _read_records(corpus_path, patterns["doc"])
     queries = _read_records(queries_path, patterns["query"])
     qrels = _read_qrels(qrels_path)
+    for what, path, items in (("documents", corpus_path, corpus), ("queries", queries_path, queries),
+                              ("judgements", qrels_path, qrels)):
+        if not items:
+            raise BenchmarkError(f"{path}: no {what}; a benchmark needs documents, queries and qrels")
     # Re-raise with the file names, which the in-memory check does not know.
     try:
         return Benchmark(meta.get("name", folder.name), meta.get("protocol", "mlir"), corpus, queries, qrels, meta)

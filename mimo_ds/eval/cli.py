@@ -13,6 +13,9 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from mimo_ds.cli_args import check_fresh_folder, check_output_file, device_name, positive_int
+from mimo_ds.errors import InputError
+
 SUMMARY = ("ndcg_at_10", "ndcg_at_20", "recall_at_100", "mrr_at_10", "map_at_100", "mrc_at_10", "peer_at_20",
            "alignment", "uniformity", "language_clustering", "xself/ndcg_at_20", "xself/recall_at_100",
            "xself/own_language_share_at_20")
@@ -34,14 +37,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--benchmark", required=True, nargs="+", type=Path, help="benchmark folder(s)")
     ev.add_argument("--out", type=Path, help="write the JSON report here")
     ev.add_argument("--figures", type=Path, help="write one language-clustering PNG per benchmark into this folder")
-    ev.add_argument("--batch-size", type=int, default=64)
-    ev.add_argument("--k", type=int, nargs="+", default=[10, 20, 100], help="cut-offs for nDCG, Recall, MRR")
+    ev.add_argument("--batch-size", type=positive_int, default=64)
+    ev.add_argument("--k", type=positive_int, nargs="+", default=[10, 20, 100], help="cut-offs for nDCG, Recall, MRR")
     ev.add_argument("--pooling", type=_pooling, metavar="{mean,cls,max,last,lasttoken}",
                     help="override (default: the folder's 1_Pooling config, else mean); lasttoken = last")
     ev.add_argument("--query-prompt", help="override the folder's query prompt")
     ev.add_argument("--passage-prompt", help="override the folder's passage prompt")
-    ev.add_argument("--max-length", type=int)
-    ev.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    ev.add_argument("--max-length", type=positive_int)
+    ev.add_argument("--device", type=device_name, help="cuda, cpu, ... (default: cuda when available)")
     ev.add_argument("--no-pairs", action="store_true", help="skip per (query language, doc language) metrics")
     ev.add_argument("--exclude-self", action=argparse.BooleanOptionalAction, default=None,
                     help="MLIR: also report xself/ metrics, the query's own-language copy removed from the ranking "
@@ -54,8 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mini.add_argument("out", type=Path)
     mini.add_argument("--languages", nargs="+", help="language codes (default: the MIMO 14)")
     mini.add_argument("--protocol", default="mlir", choices=["mlir", "mlir-en", "multi-monolingual"])
-    mini.add_argument("--min-words", type=int, default=6)
-    mini.add_argument("--min-languages", type=int,
+    mini.add_argument("--min-words", type=positive_int, default=6)
+    mini.add_argument("--min-languages", type=positive_int,
                       help="keep entries translated in at least this many languages (default: all of them)")
     mini.set_defaults(func=run_build_mini)
 
@@ -64,6 +67,7 @@ def run_build_mini(args: argparse.Namespace) -> int:
     from mimo_ds.eval.benchmark import load_benchmark
     from mimo_ds.eval.mini import MIMO_LANGUAGES, build_mini_benchmark
 
+    check_fresh_folder(args.out, "benchmark mini OUT")
     out = build_mini_benchmark(args.out, args.languages or MIMO_LANGUAGES, protocol=args.protocol,
                                min_words=args.min_words, min_languages=args.min_languages)
     bench = load_benchmark(out)
@@ -90,14 +94,21 @@ def run_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from mimo_ds.eval.benchmark import load_benchmark
-    from mimo_ds.eval.encoding import load_encoder
+    from mimo_ds.eval.encoding import check_model_folder, load_encoder
     from mimo_ds.eval.geometry import plot_language_clustering
-    from mimo_ds.eval.runner import evaluate_benchmark
+    from mimo_ds.eval.runner import evaluate_benchmark, resolve_exclude_self
 
-    benches = [load_benchmark(p) for p in args.benchmark]  # fail on bad input before loading the model
+    # Every input is checked before the model is loaded or anything is encoded.
+    check_model_folder(args.model)
+    check_output_file(args.out, "--out")
+    if args.figures is not None and args.figures.exists() and not args.figures.is_dir():
+        raise InputError(f"--figures {args.figures} is a file; it names a folder for the PNGs")
+    benches = [load_benchmark(p) for p in args.benchmark]
     names = [b.name for b in benches]
     if len(set(names)) != len(names):
-        raise SystemExit(f"benchmark names must differ (set `name` in benchmark.json): {names}")
+        raise InputError(f"benchmark names must differ (set `name` in benchmark.json): {names}")
+    for bench in benches:
+        resolve_exclude_self(bench, args.exclude_self)
     device = args.device
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # started by torchrun
         if torch.cuda.is_available():

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from mimo_ds.errors import InputError, MissingInput
 from mimo_ds.eval.search import gather_rows
 from mimo_ds.models.encoding import encode_texts, pooled_forward
 from mimo_ds.models.pooling import ST_POOLING_KEYS, pooling_mode
@@ -90,27 +91,40 @@ class HFEncoder:
         return F.normalize(emb, dim=-1)
 
 
+def _json_object(path: Path, kind: type = dict) -> dict | list:
+    """A JSON file of the model folder, or an InputError naming it (a hand-edited folder is a common mistake)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MissingInput(f"{path} not found: the model folder is incomplete") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(value, kind) or (kind is list and not all(isinstance(m, dict) for m in value)):
+        raise InputError(f"{path}: expected a JSON {'list of objects' if kind is list else 'object'}")
+    return value
+
+
 def read_st_folder(path: Path) -> dict:
     """What a sentence-transformers folder says about loading: transformer sub-folder, pooling, prompts, length."""
     info: dict = {"transformer": path}
-    modules = json.loads((path / "modules.json").read_text())
+    modules = _json_object(path / "modules.json", list)
     for module in modules:
-        kind, sub = module.get("type", ""), path / module.get("path", "")
+        kind, sub = str(module.get("type", "")), path / str(module.get("path", ""))
         if kind.endswith("Transformer"):
             info["transformer"] = sub
             cfg = sub / "sentence_bert_config.json"
             if cfg.exists():
-                info["max_length"] = json.loads(cfg.read_text()).get("max_seq_length")
+                info["max_length"] = _json_object(cfg).get("max_seq_length")
         elif kind.endswith("Pooling"):
-            cfg = json.loads((sub / "config.json").read_text())
+            cfg = _json_object(sub / "config.json")
             modes = [mode for mode, key in ST_POOLING_KEYS.items() if cfg.get(key)]
             if len(modes) != 1:
-                raise ValueError(f"{sub / 'config.json'}: need exactly one of {sorted(ST_POOLING_KEYS.values())} "
+                raise InputError(f"{sub / 'config.json'}: need exactly one of {sorted(ST_POOLING_KEYS.values())} "
                                  f"set, found the modes {modes or 'none'}")
             info["pooling"] = modes[0]
     st_cfg = path / "config_sentence_transformers.json"
     if st_cfg.exists():
-        prompts = json.loads(st_cfg.read_text()).get("prompts") or {}
+        prompts = _json_object(st_cfg).get("prompts") or {}
         info["query_prompt"] = prompts.get("query", "")
         info["passage_prompt"] = next((prompts[k] for k in ("passage", "document", "corpus") if k in prompts), "")
     return info
@@ -124,15 +138,37 @@ def load_encoder(path: str | Path, *, pooling: str | None = None, query_prompt: 
     bf16 on a GPU when there is one, float32 on the CPU."""
     from transformers import AutoModel, AutoTokenizer
 
-    path = Path(path)
-    if not (path / "config.json").exists() and not (path / "modules.json").exists():
-        raise FileNotFoundError(f"{path}: not a model folder (no config.json or modules.json)")
+    path = check_model_folder(path)
     info = read_st_folder(path) if (path / "modules.json").exists() else {"transformer": path}
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    model = AutoModel.from_pretrained(info["transformer"], dtype=dtype).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(info["transformer"])
-    return HFEncoder(model, tokenizer, pooling=pooling or info.get("pooling", "mean"),
+    try:  # transformers says what is missing or wrong in the folder (OSError) or its config (ValueError)
+        model = AutoModel.from_pretrained(info["transformer"], dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(info["transformer"])
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot load the model: {_first_line(exc)}") from exc
+    return HFEncoder(model.to(device), tokenizer, pooling=pooling or info.get("pooling", "mean"),
                      query_prompt=info.get("query_prompt", "") if query_prompt is None else query_prompt,
                      passage_prompt=info.get("passage_prompt", "") if passage_prompt is None else passage_prompt,
                      max_length=max_length or info.get("max_length") or 512, batch_size=batch_size)
+
+
+def check_model_folder(path: str | Path) -> Path:
+    """`path` as a local model folder, or a UserError saying why not: evaluation never downloads, so a hub name
+    (`intfloat/multilingual-e5-small`) that is no folder here is named as such."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "config.json").exists() and not (path / "modules.json").exists():
+            raise InputError(f"{path}: not a model folder (no config.json or modules.json)")
+        return path
+    if path.exists():
+        raise InputError(f"{path} is a file; --model takes a model folder (sentence-transformers or Hugging Face)")
+    hub_like = not path.is_absolute() and len(path.parts) == 2 and not str(path).startswith(".")
+    hint = (" (evaluation reads local folders only and never downloads: fetch a hub model first, e.g. "
+            f"`huggingface-cli download {path} --local-dir DIR`)") if hub_like else ""
+    raise MissingInput(f"model folder not found: {path}{hint}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

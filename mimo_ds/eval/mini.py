@@ -21,6 +21,7 @@ from mimo_ds.data.filters import FilterReport
 from mimo_ds.data.gettext import DEMO_LANGUAGES, MIN_ROW_WORDS, check_django_catalogues, half_text
 from mimo_ds.data.splits import is_heldout
 from mimo_ds.eval.benchmark import write_benchmark
+from mimo_ds.errors import InputError
 from mimo_ds.eval.builders import build_english_query_mlir, build_mlir, build_multi_monolingual
 
 MIMO_LANGUAGES = DEMO_LANGUAGES
@@ -51,10 +52,13 @@ def heldout_parallel(files: Mapping[str, Sequence[Path]], languages: Sequence[st
     (non-English language → files, first translation seen wins), translated in every language of `languages` (or in
     at least `min_languages` of them, English included). `disjoint` also drops a held-out translation that equals a
     training-side text (two English messages can share a translation), counted as `shared_with_training`."""
+    needed = len(languages) if min_languages is None else min_languages
+    if needed > len(languages):
+        raise InputError(f"min_languages {needed} is more than the {len(languages)} languages asked for "
+                         f"({', '.join(languages)})")
     tables = {lang: catalogue_table(paths, lang, report) for lang, paths in files.items()}
     training = ({t for table in tables.values() for m, t in table.items() if not is_heldout(m)}
                 | {m for table in tables.values() for m in table if not is_heldout(m)}) if disjoint else set()
-    needed = len(languages) if min_languages is None else min_languages
     out: dict[str, dict[str, str]] = {}
     for msgid in sorted(set().union(*tables.values()) if tables else ()):
         if len(msgid.split()) < min_words or not is_heldout(msgid):
@@ -76,11 +80,11 @@ def build_mini_benchmark(out_dir: str | Path, languages: Sequence[str] = MIMO_LA
     import django
 
     if protocol not in BUILDERS:
-        raise ValueError(f"protocol {protocol!r} is not one of {sorted(BUILDERS)}")
+        raise InputError(f"protocol {protocol!r} is not one of {sorted(BUILDERS)}")
     report = FilterReport()
     passages = django_parallel(languages, min_words=min_words, min_languages=min_languages, report=report)
     if not passages:
-        raise ValueError(f"no held-out Django entries with ≥ {min_words} words translated in {list(languages)}")
+        raise InputError(f"no held-out Django entries with ≥ {min_words} words translated in {list(languages)}")
     queries = {eid: {lang: half_text(text, lang) for lang, text in versions.items()}
                for eid, versions in passages.items()}
     default_name = f"django-mini-{protocol}" + (f"-min{min_languages}" if min_languages else "")
@@ -109,7 +113,7 @@ def build_wheels_benchmark(out_dir: str | Path, sources: Sequence[str], language
     passages = heldout_parallel(merged(by_source, languages), languages, min_words=min_words,
                                 min_languages=min_languages, report=report, disjoint=True)
     if not passages:
-        raise ValueError(f"no held-out entries with ≥ {min_words} words translated in {list(languages)} "
+        raise InputError(f"no held-out entries with ≥ {min_words} words translated in {list(languages)} "
                          f"in the catalogues of {list(sources)}")
     queries = {eid: {lang: half_text(text, lang) for lang, text in versions.items()}
                for eid, versions in passages.items()}

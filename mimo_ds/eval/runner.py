@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mimo_ds.errors import InputError
 from mimo_ds.eval.benchmark import Benchmark
 from mimo_ds.eval.encoding import EncodeFn, encode_all
 from mimo_ds.eval.fairness import mean_rank_correlation, peer
@@ -135,6 +136,17 @@ def own_language_share(bench: Benchmark, hits: list[tuple[np.ndarray, np.ndarray
     return out
 
 
+def resolve_exclude_self(bench: Benchmark, exclude_self: bool | None) -> bool:
+    """The `exclude_self` setting for `bench` (None: the benchmark's own), refused where the protocol has no
+    query-language copy of the gold to exclude."""
+    if exclude_self is None:
+        exclude_self = bool(bench.meta.get("exclude_self", False))
+    if exclude_self and bench.protocol != "mlir":
+        raise InputError(f"benchmark {bench.name!r}: exclude_self is an option of the mlir protocol, "
+                         f"not of {bench.protocol}")
+    return exclude_self
+
+
 def evaluate_benchmark(bench: Benchmark, encode: EncodeFn, *, batch_size: int = 64,
                        k_values: Sequence[int] = K_VALUES, mrc_k: Sequence[int] = MRC_K,
                        peer_k: Sequence[int] = PEER_K, clustering_k: int = CLUSTERING_K, per_pair: bool = True,
@@ -143,11 +155,7 @@ def evaluate_benchmark(bench: Benchmark, encode: EncodeFn, *, batch_size: int = 
     """Evaluate `encode` on `bench`. Collective: every rank must call it; metrics are computed on rank 0 only
     (other ranks get a result with empty metrics). `exclude_self` (MLIR only; None: the benchmark's
     `exclude_self` setting) adds the `xself/` metrics (module doc)."""
-    if exclude_self is None:
-        exclude_self = bool(bench.meta.get("exclude_self", False))
-    if exclude_self and bench.protocol != "mlir":
-        raise ValueError(f"benchmark {bench.name!r}: exclude_self is an option of the mlir protocol, "
-                         f"not of {bench.protocol}")
+    exclude_self = resolve_exclude_self(bench, exclude_self)
     t0 = time.perf_counter()
     kw = dict(batch_size=batch_size, rank=rank, world_size=world_size, progress=progress and rank == 0)
     d = encode_all(encode, [doc.text for doc in bench.corpus], "passage", **kw)
