@@ -9,8 +9,8 @@ from test_trim import _tiny_model
 from transformers import AutoModel, AutoTokenizer
 
 from mimo_ds.config import StudentConfig
+from mimo_ds.models.stage_output import STUDENT_META, write_stage_output
 from mimo_ds.models.student import build_student, student_size
-from mimo_ds.stage_output import STUDENT_META, write_stage_output
 
 
 def _tiny_deep(folder):

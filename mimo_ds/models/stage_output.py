@@ -11,6 +11,9 @@ returns under ZeRO-3, so stage 2 starts from exactly what stage 1 trained. Layou
   mimo_ds_student.json    pooling, dims, prompts, stage, objective, teacher fingerprint, tracking run id
 A folder written before P moved to safetensors has `projection.pt`; it is read with `weights_only=True`, so a file
 carrying pickled code is refused.
+
+It lives in `models/` because both sides of it are the student's: the student is built from one (`init_from`), and
+it is written from the models' own pieces (pooling keys, the vocabulary write-back of `trim`).
 """
 
 from __future__ import annotations
