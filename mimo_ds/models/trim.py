@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling",
-            "2_Normalize")
+from mimo_ds.models.st_files import ST_FILES
+
 BATCH = 2048
 RECORD = "mimo_ds_trim"  # the encoder config's attribute mapping a trimmed vocabulary back to the full one
 SPECIAL_ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id")
