@@ -5,7 +5,7 @@ A checkpoint's ZeRO partitions are consolidated on the CPU, without a process gr
 manifest (every file present, of its recorded size and checksum) and every `.pt` file in it loaded with
 `weights_only=True` (`mimo_ds.checkpoint.verify`): zero_to_fp32 unpickles with `weights_only=False`, so a file
 carrying anything else is refused by name, before it could run. A stage output is re-read as it is. Either is
-written in the stage-output layout (`mimo_ds.stage_output`): `student/` (the encoder), `projection.safetensors` and
+written in the stage-output layout (`mimo_ds.models.stage_output`): `student/` (the encoder), `projection.safetensors` and
 `mimo_ds_student.json` beside it, never inside it, so an export can also be a stage-2 run's `init_from`.
 """
 
@@ -22,7 +22,7 @@ from transformers import AutoConfig, AutoTokenizer
 from mimo_ds.checkpoint import SPEC_DIR, verify
 from mimo_ds.cli_args import check_fresh_folder
 from mimo_ds.errors import InputError, MissingInput
-from mimo_ds.stage_output import (
+from mimo_ds.models.stage_output import (
     STUDENT_DIR,
     STUDENT_META,
     Format,

@@ -21,7 +21,7 @@ from mimo_ds.config import RunConfig
 from mimo_ds.data.audit import AUDIT_DIR
 from mimo_ds.data.bad_report import BAD_RECORDS_FILE
 from mimo_ds.data.shards import read_index
-from mimo_ds.stage_output import (
+from mimo_ds.models.stage_output import (
     LEGACY_PROJECTION_FILE,
     PROJECTION_FILE,
     STUDENT_DIR,

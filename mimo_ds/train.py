@@ -96,7 +96,7 @@ def preflight(cfg: RunConfig, resume: str | Path = "never", overwrite: bool = Fa
     if cfg.init_from is not None:
         from mimo_ds.data.teacher_cache import teacher_width
         from mimo_ds.models.student import check_projection
-        from mimo_ds.stage_output import read_student_meta
+        from mimo_ds.models.stage_output import read_student_meta
 
         student_dim = int(read_student_meta(cfg.init_from)["hidden_size"])
         if cfg.teacher is not None:
@@ -122,7 +122,7 @@ def check_resume(cfg: RunConfig, resume: str | Path, overwrite: bool, world: int
     checkpoints `--resume auto` passes over are named (rank 0) and deleted (rank 0): they can never be resumed."""
     from mimo_ds.checkpoint import read_meta, resolve_resume
     from mimo_ds.run_dir import existing_outputs, identity_differences, replaced_folders, run_identity
-    from mimo_ds.stage_output import STUDENT_META
+    from mimo_ds.models.stage_output import STUDENT_META
 
     def skipped(folder: Path, why: str) -> None:
         if is_rank_zero():

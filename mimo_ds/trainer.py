@@ -47,17 +47,13 @@ from mimo_ds.errors import RunAborted, RunError
 from mimo_ds.guard import StepGuard, is_finite
 from mimo_ds.jsonl import keep_until
 from mimo_ds.models.encoding import encode_texts
+from mimo_ds.models.stage_output import gather_fp32_state, read_student_meta, write_stage_output
 from mimo_ds.models.student import Student, build_student, student_size, student_tokenizer
 from mimo_ds.models.teacher import Teacher
 from mimo_ds.objectives import Objective, build_objective, objective_class
 from mimo_ds.progress import StepMeter
 from mimo_ds.run_dir import METRICS_FILE, SetAside, run_identity
 from mimo_ds.signals import EXIT_PREEMPTED, Preempted, StopRequests
-from mimo_ds.stage_output import (
-    gather_fp32_state,
-    read_student_meta,
-    write_stage_output,
-)
 from mimo_ds.step import accumulate_gradients
 from mimo_ds.tracking import (
     RUN_ID_FILE_ENV,

@@ -12,9 +12,9 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from mimo_ds.config import StudentConfig
 from mimo_ds.export import export
+from mimo_ds.models.stage_output import STUDENT_DIR, STUDENT_META, write_stage_output
 from mimo_ds.models.student import build_student, student_size, student_tokenizer
 from mimo_ds.models.trim import RECORD, trim_model
-from mimo_ds.stage_output import STUDENT_DIR, STUDENT_META, write_stage_output
 
 META = {"pooling": "mean", "hidden_size": 32, "max_length": 64, "prompts": ["", ""]}
 

@@ -18,13 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "mimo_ds"
 #: Folders installed under the package from elsewhere in the tree (pyproject's package-dir mapping).
 MAPPED = {"mimo_ds.kernels": ROOT / "kernels"}
-#: Cycles between parts known and left for another change, each with why. The test fails when one disappears, so
-#: the entry goes with the cycle.
-KNOWN_PART_CYCLES = {
-    frozenset({"models/", "stage_output"}): "models/student.py reads a stage output (stage_output.py), which takes "
-                                             "its pooling keys from models/pooling.py: issue 22, stage_output.py is "
-                                             "another change's",
-}
 
 
 def module_files(package: str, folder: Path, mapped: dict[str, Path]) -> dict[str, Path]:
@@ -147,10 +140,7 @@ def test_no_file_level_cycle():
 
 def test_no_part_imports_back_up():
     _, part_cycles, arrows = check(PACKAGE, ROOT / PACKAGE, MAPPED)
-    new = [c for c in part_cycles if frozenset(c) not in KNOWN_PART_CYCLES]
-    assert not new, "parts that import each other: " + " | ".join(describe(c, arrows) for c in new)
-    gone = [sorted(k) for k in KNOWN_PART_CYCLES if set(k) not in part_cycles]
-    assert not gone, f"known cycles {gone} are gone: take them out of KNOWN_PART_CYCLES"
+    assert not part_cycles, "parts that import each other: " + " | ".join(describe(c, arrows) for c in part_cycles)
 
 
 def test_an_uninstalled_checkout_says_to_install():

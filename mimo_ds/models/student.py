@@ -18,6 +18,7 @@ from mimo_ds.batch import Embedded
 from mimo_ds.config import Pooling, StudentConfig
 from mimo_ds.models.loading import layer_overrides, load_encoder, load_tokenizer, resolve_model_path
 from mimo_ds.models.pooling import pool
+from mimo_ds.models.stage_output import STUDENT_DIR, read_projection, read_student_meta
 from mimo_ds.models.trim import (
     SPECIAL_ID_FIELDS,
     embedding_name,
@@ -26,7 +27,6 @@ from mimo_ds.models.trim import (
     retrimmed_tokenizer,
     trim_record,
 )
-from mimo_ds.stage_output import STUDENT_DIR, read_projection, read_student_meta
 
 
 class Student(nn.Module):

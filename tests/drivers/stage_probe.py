@@ -18,7 +18,7 @@ from deepspeed.utils import safe_get_full_grad
 
 from mimo_ds.batch import Embedded
 from mimo_ds.config import load_config
-from mimo_ds.stage_output import gather_fp32_state
+from mimo_ds.models.stage_output import gather_fp32_state
 from mimo_ds.step import _chunks, accumulate_gradients, teacher_targets
 from mimo_ds.trainer import setup, train
 

@@ -11,6 +11,9 @@ returns under ZeRO-3, so stage 2 starts from exactly what stage 1 trained. Layou
   mimo_ds_student.json    pooling, dims, prompts, stage, objective, teacher fingerprint, tracking run id
 A folder written before P moved to safetensors has `projection.pt`; it is read with `weights_only=True`, so a file
 carrying pickled code is refused.
+
+It lives in `models/` because both sides of it are the student's: the student is built from one (`init_from`), and
+it is written from the models' own pieces (pooling keys, the vocabulary write-back of `trim`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, PretrainedConfig, PreTrainedTokenizerBase
 
-from mimo_ds.models.pooling import ST_POOLING_KEYS
+from mimo_ds.models.st_files import write_st_files
 from mimo_ds.models.trim import is_trimmed, restore_full_vocabulary
 
 STUDENT_DIR = "student"
@@ -88,32 +91,12 @@ def write_stage_output(
     encoder.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     if fmt == "st":
-        _write_sentence_transformers_files(folder, meta["pooling"], int(meta["hidden_size"]), int(meta["max_length"]),
-                                           tuple(meta["prompts"]))
+        write_st_files(folder, meta["pooling"], int(meta["hidden_size"]), int(meta["max_length"]),
+                       tuple(meta["prompts"]))
     if "projection.weight" in state:
         save_file({"weight": state["projection.weight"].contiguous(), "bias": state["projection.bias"].contiguous()},
                   str(out_dir / PROJECTION_FILE))
     (out_dir / STUDENT_META).write_text(json.dumps({**meta, "format": fmt}, indent=2, default=str))
-
-
-def _write_sentence_transformers_files(folder: Path, pooling: str, dim: int, max_length: int,
-                                       prompts: tuple[str, str]) -> None:
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ]
-    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
-    pool_cfg = {"word_embedding_dimension": dim, **{key: False for key in ST_POOLING_KEYS.values()}}
-    pool_cfg[ST_POOLING_KEYS[pooling]] = True  # type: ignore[index]
-    (folder / "1_Pooling").mkdir(exist_ok=True)
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pool_cfg, indent=2))
-    (folder / "2_Normalize").mkdir(exist_ok=True)
-    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_length,
-                                                                  "do_lower_case": False}))
-    if any(prompts):
-        st_config = {"prompts": {"query": prompts[0], "passage": prompts[1]}, "default_prompt_name": None}
-        (folder / "config_sentence_transformers.json").write_text(json.dumps(st_config, indent=2))
 
 
 def read_student_meta(folder: Path) -> dict[str, Any]:
