@@ -186,6 +186,15 @@ PROBES = [
     probe("demo-into-a-users-folder", f"demo --out {FULL}", "an earlier demo did not write", keep=(FULL,)),
     probe("demo-out-is-a-file", "demo --out {fx}/afile", "is a file", keep=("{fx}/afile",)),
     probe("demo-zero-steps", "demo --out {fx}/o --stage1-steps 0", "must be at least 1", absent=("{fx}/o",)),
+    # -- train's preflight (more, with runs behind them, in tests/test_run_failures.py and test_checkpoint.py) -------
+    probe("train-nproc-zero", f"train --nproc 0 --config {TINY}/stage1.yaml", "--nproc must be a positive number"),
+    probe("train-missing-config", "train --config {fx}/nope.yaml", "run config not found: "),
+    probe("train-unknown-key-under-nproc", f"train --nproc 2 --config {TINY}/stage1.yaml --set optim.lrr=1",
+          "optim.lrr: Extra inputs are not permitted", process=True),
+    probe("train-output-dir-is-a-file", f"train --config {TINY}/stage1.yaml --set output_dir={{fx}}/afile",
+          "output_dir {fx}/afile is a file", keep=("{fx}/afile",)),
+    probe("train-missing-shards", f"train --config {TINY}/stage1.yaml --set data.train={{fx}}/nope "
+          "--set output_dir={fx}/run", "data.train: no index.json in {fx}/nope", absent=("{fx}/run",)),
     # -- train's --set parsing, and through the Slurm scripts -------------------------------------------------------
     probe("train-malformed-set", ["train", "--config", f"{TINY}/stage1.yaml", "--set", "optim.lr=[1e-3"],
           "--set optim.lr: the value '[1e-3' is not valid YAML"),
