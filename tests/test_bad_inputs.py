@@ -144,6 +144,8 @@ PROBES = [
           keep=(FULL,)),
     probe("shards-out-is-a-file", "shards jsonl {fx}/pairs.jsonl --out {fx}/afile --kind pairs", "is a file",
           keep=("{fx}/afile",)),
+    probe("shards-nothing-kept", "shards jsonl {fx}/short_pairs.jsonl --out {fx}/o_empty --kind pairs",
+          "no record was kept"),
     probe("shards-size-zero", "shards jsonl {fx}/pairs.jsonl --out {fx}/o --kind pairs --shard-size 0",
           "--shard-size: must be at least 1", absent=("{fx}/o",)),
     # -- shards verify --------------------------------------------------------------------------------------------
@@ -248,6 +250,7 @@ def fx(tmp_path_factory) -> Path:
     (fx / "ps" / "Tatoeba").mkdir(parents=True)
     (fx / "ps" / "Tatoeba" / "Tatoeba-en-de-train.tsv.gz").write_bytes(gzip.compress(b"Hello there.\tHallo da.\n"))
     _write_jsonl(fx / "pairs.jsonl", [{"lang": "de", "text": "Guten Morgen allerseits.", "en": "Good morning all."}])
+    _write_jsonl(fx / "short_pairs.jsonl", [{"lang": "de", "text": "Ja.", "en": "Yes."}])  # under min_chars
     _write_jsonl(fx / "rows.jsonl", [{"query": {"en": "q"}, "passage": {"en": "p"}}])
     records = [{"id": f"p{i}", "lang": "de", "text": f"Hallo Nummer {i}", "en": f"Hello number {i}"} for i in range(5)]
     write_shards(records, fx / "pairs", "pairs", 2)

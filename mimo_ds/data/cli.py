@@ -71,6 +71,9 @@ def _done(index_path: Path) -> int:
           f"{report.get('dropped')}" + (f"; rows {report['rows']}" if report.get("rows") else ""))
     for where, errors in (report.get("read_errors") or {}).items():
         print(f"  unreadable in {where}: {errors}")
+    if not index["total"]:  # training would refuse this folder later: say so now, with the counts just printed
+        raise InputError(f"{index_path}: no record was kept (every input was dropped or unreadable: the counts above "
+                         "and the index's filter_report say why)")
     return 0
 
 
