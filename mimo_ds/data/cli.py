@@ -12,6 +12,10 @@ from pathlib import Path
 from mimo_ds.cli_args import check_fresh_folder, check_output_file, device_name, positive_int
 from mimo_ds.data.filters import DEDUP_MODES, Stage1Filters
 from mimo_ds.errors import ExistingOutput, InputError
+from mimo_ds.record_kinds import PAIRS, ROWS, record_kind
+
+# The record kinds a converter can write (a kind declared elsewhere needs its own converter).
+CONVERTED_KINDS = (PAIRS.name, ROWS.name)
 
 
 def _languages(text: str) -> list[str]:
@@ -107,11 +111,11 @@ def _run(args: argparse.Namespace) -> int:
     if fmt == "jsonl":
         return _done(converters.convert_jsonl(
             args.path, args.out, args.kind, languages=args.languages, id_prefix=prefix or "jsonl", lang=args.lang,
-            filters=_filters(args) if args.kind == "pairs" else None, **common))
+            filters=_filters(args) if record_kind(args.kind) is PAIRS else None, **common))
     if fmt == "hf-disk":
         return _done(converters.convert_hf_disk(
             args.path, args.out, args.kind, languages=args.languages, id_prefix=prefix or "hf", split=args.split,
-            lang=args.lang, filters=_filters(args) if args.kind == "pairs" else None, **common))
+            lang=args.lang, filters=_filters(args) if record_kind(args.kind) is PAIRS else None, **common))
     if fmt == "id-aligned":
         patterns = {k: v for k, v in (("queries", args.queries), ("passages", args.passages), ("pairs", args.pairs)) if v}
         return _done(converters.convert_id_aligned(args.root, args.out, args.languages, id_prefix=prefix or "mmarco",
@@ -120,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
     for lang, paths in args.catalogue:
         catalogues.setdefault(lang, []).extend(paths)
     return _done(gettext.build_gettext_shards(
-        catalogues, args.out, args.kind, filters=_filters(args) if args.kind == "pairs" else None,
+        catalogues, args.out, args.kind, filters=_filters(args) if record_kind(args.kind) is PAIRS else None,
         id_prefix=prefix or "gettext", **common))
 
 
@@ -228,7 +232,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for name, what in (("jsonl", "JSONL file"), ("hf-disk", "datasets.save_to_disk folder")):
         p = formats.add_parser(name, help=f"{what} → pairs or rows")
         p.add_argument("path", type=Path)
-        p.add_argument("--kind", choices=("pairs", "rows"), required=True)
+        p.add_argument("--kind", choices=CONVERTED_KINDS, required=True)
         p.add_argument("--lang", type=_language_code, help="pairs: the language when records carry none")
         if name == "hf-disk":
             p.add_argument("--split", default="train")
@@ -245,7 +249,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = formats.add_parser("gettext", help=".po/.mo catalogues per language → pairs or rows")
     p.add_argument("--catalogue", type=_catalogue_paths, action="append", required=True, metavar="LANG=PATH",
                    help="a catalogue file or a folder searched for them; repeat per language")
-    p.add_argument("--kind", choices=("pairs", "rows"), required=True)
+    p.add_argument("--kind", choices=CONVERTED_KINDS, required=True)
     _common(p)
     _stage1(p)
 

@@ -19,6 +19,7 @@ from mimo_ds.data.sources import (
     read_parallel_sentences,
 )
 from mimo_ds.errors import InputError
+from mimo_ds.record_kinds import PAIRS, ROWS, record_kind
 
 
 def _write_pairs(
@@ -26,7 +27,7 @@ def _write_pairs(
     shard_size: int, id_prefix: str, source: str, extra_report: dict[str, Any] | None = None,
 ) -> Path:
     records = filter_pairs(pairs, filters, report, id_prefix)
-    return write_shards(records, out_dir, "pairs", shard_size, source=source,
+    return write_shards(records, out_dir, PAIRS, shard_size, source=source,
                         filter_report={**report.as_dict(filters), **(extra_report or {})})
 
 
@@ -36,7 +37,7 @@ def _write_rows(
 ) -> Path:
     records = filter_rows(rows, languages, report, id_prefix, exclude_heldout, seed)
     filter_report = {**report.as_dict(), "exclude_heldout": exclude_heldout, "seed": seed}
-    return write_shards(records, out_dir, "rows", shard_size, source=source, filter_report=filter_report)
+    return write_shards(records, out_dir, ROWS, shard_size, source=source, filter_report=filter_report)
 
 
 def convert_parallel_sentences(
@@ -59,7 +60,7 @@ def convert_jsonl(
     """JSONL (plain, .gz, .bz2 or .xz) → pairs (`lang`, `text`, `en` per line; `lang` may be fixed; with `languages`,
     pairs in other languages are counted `unknown_language`) or rows (`query`, `passage`, opt. `id`)."""
     report = FilterReport()
-    if kind == "pairs":
+    if record_kind(kind) is PAIRS:
         filters = filters or Stage1Filters(exclude_heldout=exclude_heldout, seed=seed)
         pairs = read_jsonl_pairs(path, report, lang=lang, languages=languages)
         return _write_pairs(pairs, report, out_dir, filters, shard_size, id_prefix, f"jsonl:{Path(path).name}")
@@ -77,7 +78,7 @@ def convert_hf_disk(
     """A `datasets.save_to_disk` folder → pairs (columns `fields`, or a fixed `lang`) or rows (`query`/`passage`)."""
     report = FilterReport()
     source = f"hf-disk:{Path(path).name}"
-    if kind == "pairs":
+    if record_kind(kind) is PAIRS:
         filters = filters or Stage1Filters(exclude_heldout=exclude_heldout, seed=seed)
         pairs = pairs_from_objects(read_hf_disk(path, split), str(path), report, lang=lang, fields=fields,
                                    languages=languages)

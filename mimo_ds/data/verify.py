@@ -74,7 +74,7 @@ class _HashingReader:
 def _read_records(index: ShardIndex, shard: ShardInfo, report: ShardReport) -> str:
     """Read every record of `shard` into `report`; returns the file's sha256."""
     path = index.path(shard)
-    known = index.languages if index.kind == "pairs" else index.row_languages
+    known = index.available_languages
     bad: Counter[str] = Counter()
     read = 0
     with open(path, "rb") as raw:
