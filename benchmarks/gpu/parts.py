@@ -70,17 +70,23 @@ def run_limited(cmd: list[str], limit_s: float, env: dict | None = None, tail: i
     except subprocess.TimeoutExpired:
         timed_out = True
         print(f"-- limit {limit_s:.0f} s reached: SIGABRT to the process group (tracebacks follow)", flush=True)
-        _signal_group(proc, signal.SIGABRT)
-        try:
-            proc.wait(timeout=GRACE_S)
-        except subprocess.TimeoutExpired:
-            _signal_group(proc, signal.SIGKILL)
-            proc.wait()
+        _abort(proc)
     reader.join(timeout=5)
     seconds = time.time() - started
     print(f"-- rc={proc.returncode} in {seconds:.1f} s{' (timed out)' if timed_out else ''}", flush=True)
     return {"command": cmd, "rc": proc.returncode, "seconds": round(seconds, 1), "limit_s": round(limit_s),
             "timed_out": timed_out, "tail": list(last)}
+
+
+def _abort(proc: subprocess.Popen) -> None:
+    """SIGABRT to the process group (PYTHONFAULTHANDLER makes each Python process print its tracebacks), then
+    SIGKILL after the grace period."""
+    _signal_group(proc, signal.SIGABRT)
+    try:
+        proc.wait(timeout=GRACE_S)
+    except subprocess.TimeoutExpired:
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait()
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
@@ -295,12 +301,7 @@ def stage1_part(args: argparse.Namespace) -> int:
                                                  str(proc.pid)], capture_output=True, text=True).stdout
         print(f"-- still running {time.time() - started:.0f} s in: SIGABRT (tracebacks follow)\n"
               f"{report['process_tree']}", flush=True)
-        _signal_group(proc, signal.SIGABRT)
-        try:
-            proc.wait(timeout=GRACE_S)
-        except subprocess.TimeoutExpired:
-            _signal_group(proc, signal.SIGKILL)
-            proc.wait()
+        _abort(proc)
         report["rc_after_abort"] = proc.returncode
     metrics = folder / "metrics.jsonl"
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() \

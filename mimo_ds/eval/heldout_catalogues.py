@@ -24,10 +24,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from mimo_ds.data.filters import FilterReport
-from mimo_ds.data.gettext import MIN_ROW_WORDS, catalogue_table, half_text
+from mimo_ds.data.gettext import MIN_ROW_WORDS, catalogue_table
 from mimo_ds.data.wheels import catalogues, check_not_reserved
 from mimo_ds.eval.benchmark import write_benchmark
-from mimo_ds.eval.builders import build_mlir
+from mimo_ds.eval.mini import halves_benchmark
 
 #: lang → catalogue files, in the order whose first translation of a msgid wins
 Files = Mapping[str, Sequence[Path]]
@@ -122,9 +122,7 @@ def build_heldout_catalogue_benchmark(out_dir: str | Path, heldout: Files, train
     if not passages:
         raise ValueError(f"no entries with ≥ {min_words} words translated in "
                          f"{min_languages or len(languages)} of {list(languages)} in the held-out catalogues")
-    queries = {eid: {lang: half_text(text, lang) for lang, text in versions.items()}
-               for eid, versions in passages.items()}
-    bench = build_mlir(passages, queries, {eid: [eid] for eid in passages}, name=name)
+    bench = halves_benchmark(passages, name)
     documents = Counter(lang for versions in passages.values() for lang in versions)
     bench.meta.update({
         "source": "whole gettext catalogues held out from training (mimo_ds.eval.heldout_catalogues)",

@@ -74,6 +74,14 @@ def heldout_parallel(files: Mapping[str, Sequence[Path]], languages: Sequence[st
     return out
 
 
+def halves_benchmark(passages: Mapping[str, Mapping[str, str]], name: str, protocol: str = "mlir"):
+    """Messages → a benchmark: each message (every language version) is a document, its first half
+    (`half_text`, as the stage-2 rows) the query, and every language version of the message relevant."""
+    queries = {eid: {lang: half_text(text, lang) for lang, text in versions.items()}
+               for eid, versions in passages.items()}
+    return BUILDERS[protocol](passages, queries, {eid: [eid] for eid in passages}, name=name)
+
+
 def build_mini_benchmark(out_dir: str | Path, languages: Sequence[str] = MIMO_LANGUAGES, *, protocol: str = "mlir",
                          min_words: int = MIN_ROW_WORDS, min_languages: int | None = None, name: str | None = None) -> Path:
     """Write the Django mini-benchmark folder (`protocol`: mlir, mlir-en or multi-monolingual); returns it."""
@@ -85,10 +93,8 @@ def build_mini_benchmark(out_dir: str | Path, languages: Sequence[str] = MIMO_LA
     passages = django_parallel(languages, min_words=min_words, min_languages=min_languages, report=report)
     if not passages:
         raise InputError(f"no held-out Django entries with ≥ {min_words} words translated in {list(languages)}")
-    queries = {eid: {lang: half_text(text, lang) for lang, text in versions.items()}
-               for eid, versions in passages.items()}
     default_name = f"django-mini-{protocol}" + (f"-min{min_languages}" if min_languages else "")
-    bench = BUILDERS[protocol](passages, queries, {eid: [eid] for eid in passages}, name=name or default_name)
+    bench = halves_benchmark(passages, name or default_name, protocol)
     bench.meta.update({"source": f"django {django.__version__} gettext catalogues (django.po, djangojs.po)",
                        "split": "heldout (mimo_ds.data.splits.is_heldout on the English msgid)",
                        "query": "mimo_ds.data.gettext.half_text (as the demo's stage-2 rows)",
@@ -115,9 +121,7 @@ def build_wheels_benchmark(out_dir: str | Path, sources: Sequence[str], language
     if not passages:
         raise InputError(f"no held-out entries with ≥ {min_words} words translated in {list(languages)} "
                          f"in the catalogues of {list(sources)}")
-    queries = {eid: {lang: half_text(text, lang) for lang, text in versions.items()}
-               for eid, versions in passages.items()}
-    bench = build_mlir(passages, queries, {eid: [eid] for eid in passages}, name=name)
+    bench = halves_benchmark(passages, name)
     bench.meta.update({"source": f"gettext catalogues of the wheels {', '.join(sources)} (mimo_ds.data.wheels)",
                        "split": "heldout (mimo_ds.data.splits.is_heldout on the English msgid)",
                        "query": "mimo_ds.data.gettext.half_text (as the stage-2 rows)", "exclude_self": True,
