@@ -186,7 +186,7 @@ def _teacher_cache(args: argparse.Namespace) -> int:
         raise InputError(f"{args.config} has no teacher section ({cfg.objective.kind!r} uses no teacher)")
     # Everything checkable is checked before the teacher is loaded (minutes for a large one).
     index = read_shard_index(cfg.data.train)
-    if index.kind != objective.shards:
+    if index.record_kind is not objective.shards:
         raise InputError(f"data.train {cfg.data.train} holds {index.kind}; objective {objective.kind!r} reads "
                          f"{objective.shards}")
     out = args.out or cfg.data.train / DEFAULT_DIR
