@@ -60,7 +60,8 @@ class TeacherConfig(Strict):
     padding_side: Literal["auto", "left", "right"] = Field(
         "auto", description="auto = left for last-token pooling (decoder teachers), else right"
     )
-    query_prompt: str = Field("", description="prepended to English queries in stage 2 only")
+    query_prompt: str = Field("", description="prepended to the teacher's query texts (English queries, stage 2)")
+    passage_prompt: str = Field("", description="prepended to the teacher's other texts (e5-style teachers: 'passage: ')")
     max_length: int = Field(256, ge=8)
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto = bf16 on CUDA, fp32 on CPU")
     mini_batch: int = Field(64, ge=1, description="rows per teacher forward (no grad)")

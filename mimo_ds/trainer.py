@@ -123,6 +123,7 @@ def build_loader(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase, teacher: Te
         batch_size=cfg.batch.per_device, teacher_tokenizer=teacher.tokenizer if teacher else None,
         student_prompts=(cfg.student.query_prompt, cfg.student.passage_prompt),
         teacher_query_prompt=cfg.teacher.query_prompt if cfg.teacher else "",
+        teacher_passage_prompt=cfg.teacher.passage_prompt if cfg.teacher else "",
         languages=cfg.data.languages, student_max_length=cfg.student.max_length,
         teacher_max_length=cfg.teacher.max_length if cfg.teacher else 256, seed=cfg.seed, rank=rank,
         world_size=world, num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,

@@ -2,6 +2,7 @@
 another teacher / prompt / max length or for other shards, and a tiny stage-1 run trains from one."""
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from mimo_ds.cli import main as cli_main
 from mimo_ds.config import TeacherConfig
 from mimo_ds.data.loader import LoaderSpec, build_train_loader
 from mimo_ds.data.shards import iter_shard, read_index, write_shards
-from mimo_ds.data.teacher_cache import TeacherCache, check_cache, read_cache_meta, write_cache
+from mimo_ds.data.teacher_cache import TeacherCache, check_cache, read_cache_meta, teacher_texts, write_cache
 from mimo_ds.models.fingerprint import fingerprint_of
 from mimo_ds.models.teacher import Teacher
 from mimo_ds.objectives import build_objective, objective_class
@@ -125,6 +126,7 @@ def test_cached_batches_give_the_live_loss(teacher, data, caches, objective, kin
 
 
 @pytest.mark.parametrize("change,named", [({"query_prompt": "passage: "}, "query_prompt"),
+                                          ({"passage_prompt": "passage: "}, "passage_prompt"),
                                           ({"max_length": 64}, "max_length"),
                                           ({"path": "/models/other-teacher"}, "path"),
                                           ({"pooling": "cls"}, "pooling"),
@@ -142,6 +144,27 @@ def test_pairs_cache_ignores_the_prompt_but_not_the_dim(data, caches):
     check_cache(caches["pairs"], OBJECTIVE["pairs"], stage1, shards)  # stage 1 never uses the prompt
     with pytest.raises(ValueError, match="teacher dim: cache 48, run 64"):
         check_cache(caches["pairs"], OBJECTIVE["pairs"], fingerprint_of(teacher_config(), 64), shards)
+    with pytest.raises(ValueError, match="teacher passage_prompt: cache '', run 'passage: '"):
+        check_cache(caches["pairs"], OBJECTIVE["pairs"], fingerprint_of(teacher_config(passage_prompt="passage: "),
+                                                                        None), shards)
+
+
+def test_a_cache_from_before_the_passage_prompt_counts_as_written_without_one(data, caches, tmp_path):
+    old = tmp_path / "old_cache"
+    shutil.copytree(caches["pairs"], old)
+    meta = json.loads((old / "meta.json").read_text())
+    del meta["fingerprint"]["passage_prompt"]
+    (old / "meta.json").write_text(json.dumps(meta))
+    shards = read_index(data / "pairs").fingerprint()
+    check_cache(old, OBJECTIVE["pairs"], fingerprint_of(teacher_config(), None), shards)
+    with pytest.raises(ValueError, match="teacher passage_prompt: cache '', run 'passage: '"):
+        check_cache(old, OBJECTIVE["pairs"], fingerprint_of(teacher_config(passage_prompt="passage: "), None), shards)
+
+
+def test_teacher_texts_carry_each_roles_prompt():
+    record = {"id": "r1", "query": {"en": "how to sleep"}, "passage": {"en": "Sleep well."}}
+    texts = teacher_texts(OBJECTIVE["rows"], [record], "query: ", "passage: ")
+    assert texts == {"teacher_query": ["query: how to sleep"], "teacher_passage": ["passage: Sleep well."]}
 
 
 def test_loader_refuses_a_cache_for_other_shards_or_another_prompt(teacher, data, caches, tmp_path):

@@ -42,7 +42,8 @@ class Collator:
 
     def __init__(self, objective: type[Objective], languages: Sequence[str], seed: int, *,
                  student_tokenizer: Any, student_prompts: tuple[str, str], student_max_length: int,
-                 teacher_tokenizer: Any, teacher_query_prompt: str, teacher_max_length: int,
+                 teacher_tokenizer: Any, teacher_query_prompt: str, teacher_passage_prompt: str = "",
+                 teacher_max_length: int,
                  teacher_cache: str | os.PathLike[str] | None) -> None:
         self.objective = objective
         self.kind = objective.shards
@@ -51,7 +52,7 @@ class Collator:
         self.student_prompts = student_prompts
         self.student_max_length = student_max_length
         self.teacher_tok = load_tokenizer(teacher_tokenizer, "teacher")
-        self.teacher_query_prompt = teacher_query_prompt
+        self.teacher_prompts = (teacher_query_prompt, teacher_passage_prompt)
         self.teacher_max_length = teacher_max_length
         self.teacher_cache = teacher_cache
         self._cache: TeacherCache | None = None
@@ -73,7 +74,7 @@ class Collator:
                                for role, texts in student.items()})
         if not self.objective.needs_teacher():
             return batch
-        teacher = teacher_texts(self.objective, records, self.teacher_query_prompt)
+        teacher = teacher_texts(self.objective, records, *self.teacher_prompts)
         if self.teacher_cache is None:
             batch.teacher = {role: tokenize(self.teacher_tok, texts, self.teacher_max_length)
                              for role, texts in teacher.items()}

@@ -47,7 +47,8 @@ class LoaderSpec:
     `rank` / `world_size` left None are taken from torch.distributed when initialised, else from RANK / WORLD_SIZE.
     `languages` None means every language of the index (for a parallel kind: the languages every record holds).
     `objective` is a registered objective kind; `student_prompts` is the student's (query prompt, passage prompt),
-    `teacher_query_prompt` the teacher's query prompt (teacher roles marked as queries get it).
+    `teacher_query_prompt` the teacher's query prompt (teacher roles marked as queries get it),
+    `teacher_passage_prompt` its prompt for the other roles.
     `max_bad_fraction` is the ceiling on bad records, judged against the records the epoch plans (docs/data.md).
     `teacher_cache` (a `mimo-ds teacher-cache` folder for these shards) replaces the teacher tokens by cached
     embeddings (`Batch.teacher_embeddings`); then no teacher tokenizer is needed.
@@ -60,6 +61,7 @@ class LoaderSpec:
     teacher_tokenizer: Any = None
     student_prompts: tuple[str, str] = ("", "")
     teacher_query_prompt: str = ""
+    teacher_passage_prompt: str = ""
     languages: Sequence[str] | None = None
     student_max_length: int = 256
     teacher_max_length: int = 256
@@ -225,7 +227,8 @@ def _check_teacher_cache(spec: LoaderSpec, index: ShardIndex) -> None:
     objective = objective_class(spec.objective)
     if not objective.needs_teacher():
         raise ValueError(f"objective {spec.objective!r} uses no teacher; drop teacher_cache {spec.teacher_cache}")
-    check_cache(spec.teacher_cache, objective, {"query_prompt": spec.teacher_query_prompt}, index.fingerprint())
+    check_cache(spec.teacher_cache, objective, {"query_prompt": spec.teacher_query_prompt,
+                                                "passage_prompt": spec.teacher_passage_prompt}, index.fingerprint())
 
 
 def build_train_loader(spec: LoaderSpec) -> TrainLoader:
@@ -259,6 +262,7 @@ def build_train_loader(spec: LoaderSpec) -> TrainLoader:
     collate = Collator(objective, languages, spec.seed, student_tokenizer=spec.student_tokenizer,
                        student_prompts=spec.student_prompts, student_max_length=spec.student_max_length,
                        teacher_tokenizer=spec.teacher_tokenizer, teacher_query_prompt=spec.teacher_query_prompt,
+                       teacher_passage_prompt=spec.teacher_passage_prompt,
                        teacher_max_length=spec.teacher_max_length, teacher_cache=spec.teacher_cache)
     streams = SlotStreams(plan, SlotReader(plan, spec.shuffle_buffer, spec.resampled), collate, rank,
                           spec.max_bad_fraction, spec.batch_size)

@@ -47,9 +47,10 @@ IDS_NAME = "ids.npy"
 HASH_NAME = "text_hash.npy"
 
 
-def teacher_texts(objective: type[Objective], records: Sequence[dict[str, Any]], query_prompt: str) -> dict[str, list[str]]:
-    """Role → the exact texts the teacher sees for these records (English side, prompt on query roles)."""
-    return role_texts(objective.teacher_roles, records, objective.shards, None, (query_prompt, ""))
+def teacher_texts(objective: type[Objective], records: Sequence[dict[str, Any]], query_prompt: str,
+                  passage_prompt: str = "") -> dict[str, list[str]]:
+    """Role → the exact texts the teacher sees for these records (English side, each role with its prompt)."""
+    return role_texts(objective.teacher_roles, records, objective.shards, None, (query_prompt, passage_prompt))
 
 
 def text_hashes(texts: dict[str, list[str]]) -> np.ndarray:
@@ -118,7 +119,7 @@ def write_cache(
     if (out / META_NAME).exists():
         raise FileExistsError(f"{out / META_NAME} exists: write the teacher cache into a fresh folder")
     out.mkdir(parents=True, exist_ok=True)
-    n, dim, prompt = index.total, teacher.dim, teacher.cfg.query_prompt
+    n, dim, prompts = index.total, teacher.dim, (teacher.cfg.query_prompt, teacher.cfg.passage_prompt)
     roles = [role.name for role in objective.teacher_roles]
     arrays = {
         role: np.lib.format.open_memmap(out / f"{role}.npy", mode="w+", dtype=np.float16, shape=(n, dim))
@@ -131,7 +132,7 @@ def write_cache(
     with tqdm(total=n, desc=f"teacher cache {index.folder.name}", unit="rec", disable=not progress) as bar:
         while chunk := list(islice(records, batch_size)):
             rows = np.array([pos for pos, _ in chunk])
-            texts = teacher_texts(objective, [r for _, r in chunk], prompt)
+            texts = teacher_texts(objective, [r for _, r in chunk], *prompts)
             for role, emb in _encode(teacher, texts).items():
                 arrays[role][rows] = emb
             hashes[rows] = text_hashes(texts)
@@ -177,7 +178,8 @@ def check_cache(
     dim) or for other shards.
 
     Keys missing from `teacher_fingerprint`, or None there (a run that has not loaded its teacher knows no dim), are
-    not compared; nor is the prompt when the objective has no query role (its texts never carry it). Returns the
+    not compared; nor is a prompt no role of the objective carries (the query prompt without query roles, the passage prompt
+    without other roles); a cache written before the passage prompt was recorded counts as written without one. Returns the
     meta on success.
     """
     meta = read_cache_meta(folder)
@@ -185,17 +187,19 @@ def check_cache(
     wanted = sorted(role.name for role in objective.teacher_roles)
     if sorted(meta["roles"]) != wanted:
         diffs.append(f"roles: the cache holds {sorted(meta['roles'])}, objective {objective.kind!r} needs {wanted}")
-    prompted = any(role.query for role in objective.teacher_roles)
+    unused = {"query_prompt": not any(role.query for role in objective.teacher_roles),
+              "passage_prompt": all(role.query for role in objective.teacher_roles)}
     if shards_fingerprint is not None and meta["shards"] != shards_fingerprint:
         diffs.append(f"shards: the cache was made for {meta['shards_folder']} (fingerprint {meta['shards']}), "
                      f"these shards have fingerprint {shards_fingerprint}")
     cached = meta["fingerprint"]
     for key in CHECKED_KEYS:
         want = (teacher_fingerprint or {}).get(key)
-        if want is None or (key == "query_prompt" and not prompted):
+        if want is None or unused.get(key, False):
             continue
-        if cached.get(key) != want:
-            diffs.append(f"teacher {key}: cache {cached.get(key)!r}, run {want!r}")
+        have = cached.get(key, "" if key == "passage_prompt" else None)
+        if have != want:
+            diffs.append(f"teacher {key}: cache {have!r}, run {want!r}")
     if diffs:
         raise ValueError(f"teacher cache {Path(folder)} does not fit this run: " + "; ".join(diffs))
     return meta

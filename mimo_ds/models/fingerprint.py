@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-#: The fingerprint keys a teacher cache is checked on. `query_prompt` only matters to caches with query roles.
-CHECKED_KEYS = ("path", "pooling", "normalize", "query_prompt", "max_length", "dim")
+#: The fingerprint keys a teacher cache is checked on. `query_prompt` only matters to caches with query
+#: roles, `passage_prompt` only to caches with other roles; a cache written before `passage_prompt` existed used "".
+CHECKED_KEYS = ("path", "pooling", "normalize", "query_prompt", "passage_prompt", "max_length", "dim")
 
 
 def fingerprint_of(cfg: Any, dim: int | None) -> dict[str, object]:
@@ -19,6 +20,7 @@ def fingerprint_of(cfg: Any, dim: int | None) -> dict[str, object]:
         "pooling": cfg.pooling,
         "normalize": cfg.normalize,
         "query_prompt": cfg.query_prompt,
+        "passage_prompt": cfg.passage_prompt,
         "max_length": cfg.max_length,
         "dim": dim,
     }
