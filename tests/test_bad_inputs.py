@@ -88,6 +88,10 @@ PROBES = [
           "--figures {fx}/afile is a file", keep=("{fx}/afile",)),
     probe("eval-out-is-a-folder", f"eval --model {{fx}}/model_empty_config --benchmark {{fx}}/bench --out {FULL}",
           "is a folder", keep=(FULL,)),
+    probe("eval-out-exists", "eval --model {fx}/model_empty_config --benchmark {fx}/bench --out {fx}/afile",
+          "--out {fx}/afile exists", "--overwrite", keep=("{fx}/afile",)),
+    probe("eval-out-exists-overwrite-checks-on", "eval --model {fx}/model_empty_config --benchmark {fx}/bench "
+          "--out {fx}/afile --overwrite", "model_empty_config: cannot load the model", keep=("{fx}/afile",)),
     probe("eval-k-zero", "eval --model {fx}/model_empty_config --benchmark {fx}/bench --k 10 0",
           "argument --k: must be at least 1"),
     probe("eval-device-typo", "eval --model {fx}/model_empty_config --benchmark {fx}/bench --device gpu",
