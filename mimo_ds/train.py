@@ -56,9 +56,20 @@ def resume_choice(cli: str | None, cfg: RunConfig) -> str | Path:
     return cli if cli in ("auto", "never") else Path(cli).resolve()
 
 
+#: Set by `mimo-ds train --nproc N` (`mimo_ds.launch`) for the ranks it starts: it ran the checks once before them
+#: and printed their warnings, which its rank 0 would otherwise print a second time.
+CHECKED_BY_LAUNCHER_ENV = "MIMO_CHECKED_BY_LAUNCHER"
+
+
 def is_rank_zero() -> bool:
     """Rank 0 of the launch (or a plain process, or the `mimo-ds train --nproc` wrapper): the one that speaks."""
     return os.environ.get("RANK", "0") == "0"
+
+
+def warns_in_preflight() -> bool:
+    """Whether this process prints the checks' warnings: rank 0, unless `mimo-ds train --nproc` started it after
+    printing them itself."""
+    return is_rank_zero() and os.environ.get(CHECKED_BY_LAUNCHER_ENV) != "1"
 
 
 def launcher_world_size() -> int:
@@ -147,8 +158,9 @@ def check_resume(cfg: RunConfig, resume: str | Path, overwrite: bool, world: int
     from mimo_ds.models.stage_output import STUDENT_META
 
     def skipped(folder: Path, why: str) -> None:
-        if is_rank_zero():
+        if warns_in_preflight():
             print(f"warning: {why}; skipped and deleted", file=sys.stderr)
+        if is_rank_zero():
             shutil.rmtree(folder, ignore_errors=True)
 
     try:
@@ -170,7 +182,7 @@ def check_resume(cfg: RunConfig, resume: str | Path, overwrite: bool, world: int
             raise ConfigError(f"output_dir {cfg.output_dir} already holds {', '.join(found)} from an earlier run: "
                               f"{advice}{aside}")
         return None
-    if meta["format"] == 1 and is_rank_zero():
+    if meta["format"] == 1 and warns_in_preflight():
         print(f"warning: checkpoint {folder} predates checkpoint manifests: its files were checked for presence "
               "only, not size or checksum", file=sys.stderr)
     if diffs := identity_differences(meta, run_identity(cfg, world)):
