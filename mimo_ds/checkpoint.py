@@ -25,7 +25,6 @@ refused by name before DeepSpeed touches it.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import pickle
 import random
@@ -43,6 +42,7 @@ import torch.distributed as dist
 
 from mimo_ds.distributed import agree_any, first_rank
 from mimo_ds.errors import RunAborted, RunError
+from mimo_ds.hashing import file_sha256
 from mimo_ds.versioned_json import read_versioned_json
 
 if TYPE_CHECKING:
@@ -83,14 +83,6 @@ def _deepspeed_globals() -> list[type]:
     return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def rank_file(rank: int) -> str:
     return f"rank{rank}.pt"
 
@@ -113,7 +105,7 @@ def manifest(folder: Path, names: list[str]) -> dict[str, dict[str, Any]]:
     for name in names:
         path = folder / name
         size = path.stat().st_size
-        entries[name] = {"size": size, **({"sha256": _sha256(path)} if size <= HASHED_UP_TO else {})}
+        entries[name] = {"size": size, **({"sha256": file_sha256(path)} if size <= HASHED_UP_TO else {})}
     return entries
 
 
@@ -135,7 +127,7 @@ def check_complete(folder: Path) -> dict[str, Any]:
             if (size := path.stat().st_size) != entry["size"]:
                 raise ValueError(f"checkpoint file {path} is {size} bytes, its manifest says {entry['size']} "
                                  "(truncated or rewritten)")
-            if "sha256" in entry and _sha256(path) != entry["sha256"]:
+            if "sha256" in entry and file_sha256(path) != entry["sha256"]:
                 raise ValueError(f"checkpoint file {path} does not match the checksum in its manifest (altered)")
     return meta
 

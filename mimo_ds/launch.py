@@ -61,12 +61,13 @@ def combined_status(statuses: list[int]) -> int:
 
 def _start(train_args: list[str], nproc: int, run_id_file: Path) -> list[subprocess.Popen]:
     from mimo_ds.tracking import RUN_ID_FILE_ENV
+    from mimo_ds.train import CHECKED_BY_LAUNCHER_ENV
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(port), RUN_ID_FILE_ENV: str(run_id_file)}
+           "MASTER_PORT": str(port), RUN_ID_FILE_ENV: str(run_id_file), CHECKED_BY_LAUNCHER_ENV: "1"}
     if "DS_ACCELERATOR" not in env:
         import torch
 

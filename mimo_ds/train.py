@@ -25,11 +25,14 @@ import errno
 import shutil
 import socket
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from mimo_ds.config import ConfigError, RunConfig, load_config
+from mimo_ds.errors import InputError, MissingInput, UserError, report_errors
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,9 +56,20 @@ def resume_choice(cli: str | None, cfg: RunConfig) -> str | Path:
     return cli if cli in ("auto", "never") else Path(cli).resolve()
 
 
+#: Set by `mimo-ds train --nproc N` (`mimo_ds.launch`) for the ranks it starts: it ran the checks once before them
+#: and printed their warnings, which its rank 0 would otherwise print a second time.
+CHECKED_BY_LAUNCHER_ENV = "MIMO_CHECKED_BY_LAUNCHER"
+
+
 def is_rank_zero() -> bool:
     """Rank 0 of the launch (or a plain process, or the `mimo-ds train --nproc` wrapper): the one that speaks."""
     return os.environ.get("RANK", "0") == "0"
+
+
+def warns_in_preflight() -> bool:
+    """Whether this process prints the checks' warnings: rank 0, unless `mimo-ds train --nproc` started it after
+    printing them itself."""
+    return is_rank_zero() and os.environ.get(CHECKED_BY_LAUNCHER_ENV) != "1"
 
 
 def launcher_world_size() -> int:
@@ -80,9 +94,10 @@ def preflight(cfg: RunConfig, resume: str | Path = "never", overwrite: bool = Fa
     world = launcher_world_size() if world is None else world
     check_output_dir(cfg.output_dir)
     build_ds_config(cfg, world, device)  # batch arithmetic and precision against the DeepSpeed JSON
-    check_model_path(cfg.student.path)
-    if cfg.teacher is not None and cfg.data.teacher_cache is None:
-        check_model_path(cfg.teacher.path)
+    with bad_input():
+        check_model_path(cfg.student.path)
+        if cfg.teacher is not None and cfg.data.teacher_cache is None:
+            check_model_path(cfg.teacher.path)
     if not (cfg.data.train / "index.json").is_file():
         raise ConfigError(f"data.train: no index.json in {cfg.data.train} (build shards with `mimo-ds shards`)")
     try:  # missing, resized (or with data.verify: full, altered) shards: refuse before any process group
@@ -92,19 +107,37 @@ def preflight(cfg: RunConfig, resume: str | Path = "never", overwrite: bool = Fa
     if cfg.data.teacher_cache is not None:  # another teacher, prompt, max length or other shards: refuse now
         from mimo_ds.data.teacher_cache import check_run_cache
 
-        check_run_cache(cfg)
+        with bad_input():
+            check_run_cache(cfg)
     if cfg.init_from is not None:
         from mimo_ds.data.teacher_cache import teacher_width
         from mimo_ds.models.student import check_projection
         from mimo_ds.models.stage_output import read_student_meta
 
-        student_dim = int(read_student_meta(cfg.init_from)["hidden_size"])
-        if cfg.teacher is not None:
-            check_projection(cfg.init_from, student_dim, teacher_width(cfg), fresh=cfg.projection.fresh)
+        with bad_input():
+            student_dim = int(read_student_meta(cfg.init_from)["hidden_size"])
+            if cfg.teacher is not None:
+                check_projection(cfg.init_from, student_dim, teacher_width(cfg), fresh=cfg.projection.fresh)
     for bench in cfg.eval.benchmarks:
         if not bench.is_dir():
             raise ConfigError(f"eval.benchmarks: {bench} is not a folder")
     return check_resume(cfg, resume, overwrite, world)
+
+
+@contextmanager
+def bad_input() -> Iterator[None]:
+    """Around a check that reads the user's inputs (model folders, a stage output, a teacher cache): what it raises
+    for them, FileNotFoundError for one that is not there and ValueError for one that cannot be used, is bad input,
+    re-raised as the `UserError` it is with its message unchanged. Only these checks are covered, so a ValueError from
+    anywhere else (a bug) keeps its traceback."""
+    try:
+        yield
+    except UserError:
+        raise
+    except FileNotFoundError as exc:
+        raise MissingInput(str(exc)) from exc
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
 
 
 def check_output_dir(output_dir: Path) -> None:
@@ -125,8 +158,9 @@ def check_resume(cfg: RunConfig, resume: str | Path, overwrite: bool, world: int
     from mimo_ds.models.stage_output import STUDENT_META
 
     def skipped(folder: Path, why: str) -> None:
-        if is_rank_zero():
+        if warns_in_preflight():
             print(f"warning: {why}; skipped and deleted", file=sys.stderr)
+        if is_rank_zero():
             shutil.rmtree(folder, ignore_errors=True)
 
     try:
@@ -148,7 +182,7 @@ def check_resume(cfg: RunConfig, resume: str | Path, overwrite: bool, world: int
             raise ConfigError(f"output_dir {cfg.output_dir} already holds {', '.join(found)} from an earlier run: "
                               f"{advice}{aside}")
         return None
-    if meta["format"] == 1 and is_rank_zero():
+    if meta["format"] == 1 and warns_in_preflight():
         print(f"warning: checkpoint {folder} predates checkpoint manifests: its files were checked for presence "
               "only, not size or checksum", file=sys.stderr)
     if diffs := identity_differences(meta, run_identity(cfg, world)):
@@ -169,13 +203,16 @@ def fill_rendezvous_env() -> None:
 
 
 def checked(args: argparse.Namespace, world: int | None = None) -> tuple[RunConfig, Path | None] | None:
-    """The config and the checkpoint to resume from, or None after printing the one message that refuses them."""
-    try:
+    """The config and the checkpoint to resume from, or None after the one `error:` line that refuses them, as every
+    `mimo-ds` command refuses bad input (`report_errors`: a `UserError` only, printed by rank 0; anything else is a
+    bug and keeps its traceback)."""
+    found: list[tuple[RunConfig, Path | None]] = []
+
+    def check() -> None:
         cfg = load_config(args.config, args.overrides)
-        return cfg, preflight(cfg, resume_choice(args.resume, cfg), args.overwrite, world)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return None
+        found.append((cfg, preflight(cfg, resume_choice(args.resume, cfg), args.overwrite, world)))
+
+    return found[0] if report_errors(check) == 0 else None
 
 
 def main(argv: list[str] | None = None) -> int:

