@@ -9,6 +9,7 @@ from test_trim import _tiny_model
 from transformers import AutoModel, AutoTokenizer
 
 from mimo_ds.config import StudentConfig
+from mimo_ds.models.loading import check_truncated_load
 from mimo_ds.models.stage_output import STUDENT_META, write_stage_output
 from mimo_ds.models.student import build_student, student_size
 
@@ -77,3 +78,20 @@ def test_the_e5_student_truncates_to_the_wheels_lower_layers():
     for name, value in first.items():
         assert torch.equal(value, second[name]), name
         np.testing.assert_array_equal(value.numpy(), wheel[name], err_msg=name)
+
+
+def test_the_truncated_load_is_quiet_and_checked(tmp_path, capfd):
+    _tiny_deep(tmp_path / "full")
+    build_student(StudentConfig(path=str(tmp_path / "full"), num_layers=2), None, None)
+    assert "UNEXPECTED" not in capfd.readouterr().err  # transformers' table of the dropped layers' weights
+
+
+@pytest.mark.parametrize("info,bad", [
+    ({"missing_keys": ["embeddings.word_embeddings.weight"], "unexpected_keys": []}, "embeddings.word_embeddings"),
+    ({"missing_keys": [], "unexpected_keys": ["encoder.layer.1.output.dense.weight"]}, "encoder.layer.1."),
+    ({"missing_keys": [], "unexpected_keys": ["pooler.extra.weight"]}, "pooler.extra"),
+])
+def test_a_truncated_load_that_lost_more_than_the_upper_layers_is_refused(info, bad):
+    check_truncated_load({"missing_keys": [], "unexpected_keys": ["encoder.layer.2.a.weight", "layers.7.b"]}, 2, "m")
+    with pytest.raises(ValueError, match=rf"keeping the lower 2 layers .*{bad}"):
+        check_truncated_load(info, 2, "m")

@@ -8,8 +8,12 @@ built into a cache folder on first use.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import logging
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,4 +136,37 @@ def load_encoder(
     kwargs: dict[str, Any] = {"attn_implementation": attn, "trust_remote_code": trust_remote_code, **depth}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    return AutoModel.from_pretrained(folder, **kwargs)
+    if not depth:
+        return AutoModel.from_pretrained(folder, **kwargs)
+    with _quiet(_TRANSFORMERS_LOADER):
+        model, info = AutoModel.from_pretrained(folder, output_loading_info=True, **kwargs)
+    check_truncated_load(info, depth["num_hidden_layers"], folder)
+    return model
+
+
+_TRANSFORMERS_LOADER = "transformers.modeling_utils"
+_LAYER_KEY = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Warnings of one logger muted for a block: transformers reports every weight of a dropped layer as unexpected,
+    a table of hundreds of lines that says nothing `check_truncated_load` does not check."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def check_truncated_load(info: dict[str, Any], num_layers: int, folder: str) -> None:
+    """A load that kept the lower `num_layers` layers read every weight the model has, and left out only weights of
+    the layers above: anything else (a missing weight, a stray key) is an error, not a truncation."""
+    missing = sorted(info.get("missing_keys") or [])
+    stray = sorted(k for k in info.get("unexpected_keys") or []
+                   if not ((m := _LAYER_KEY.search(k)) and int(m.group(1)) >= num_layers))
+    if missing or stray:
+        raise ValueError(f"{folder}: keeping the lower {num_layers} layers left weights unloaded "
+                         f"{missing[:5]} or unexpected {stray[:5]}")
