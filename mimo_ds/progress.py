@@ -1,4 +1,5 @@
-"""Per-step throughput and memory, shown on rank 0's progress bar and returned as metrics for tracking."""
+"""Per-step throughput, padding efficiency and memory, shown on rank 0's progress bar and returned as metrics for
+tracking."""
 
 from __future__ import annotations
 
