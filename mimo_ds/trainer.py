@@ -316,7 +316,8 @@ def train(s: Session, stop: StopRequests | None = None) -> list[dict[str, float]
         nonfinite, stopping = agree_any([not is_finite(parts), stop is not None and stop.requested], s.engine.device)
         skipped_before = s.engine.skipped_steps
         s.engine.step()
-        metrics = meter.update(parts, micro, lr=lr, seconds=time.perf_counter() - started, world_size=s.world)
+        metrics = meter.update(parts, micro, lr=lr, seconds=time.perf_counter() - started, world_size=s.world,
+                               mini_batch=cfg.batch.mini_batch)
         metrics.update(s.guard.update(step, parts, loss_finite=not nonfinite,
                                       step_skipped=s.engine.skipped_steps > skipped_before))
         if (norm := s.engine.get_global_grad_norm()) is not None:

@@ -77,6 +77,7 @@ def test_loss_decreases(recipe, nproc, data, tmp_path):
                                      "epochs=50", "optim.lr=2e-3"], launcher)
     losses = _losses(history)
     assert len(losses) == 10
+    assert all(0 < h["throughput/padding_efficiency"] <= 1 for h in history if "loss/total" in h)
     assert sum(losses[-3:]) / 3 < 0.9 * sum(losses[:3]) / 3, losses
     assert (tmp_path / "out" / "student" / "model.safetensors").is_file()
 

@@ -2,8 +2,10 @@
 
 `forward(input_ids, attention_mask)` returns one pooled vector per row (a teacher or evaluation encoder with
 `pooled_forward`, or the student, which pools itself). `encode_tokens` runs it over pre-tokenised text (the loader
-tokenises in its workers); `encode_texts` tokenises batch by batch, longest texts first so a batch that does not fit
-fails at once and padding stays short, and returns rows in the order of `texts`. Neither normalises: callers decide.
+tokenises in its workers), rows grouped by token count so each forward is only as wide as its own texts (for a
+left-padded decoder teacher that drops leading padding, which rotary positions do not see); `encode_texts` tokenises
+batch by batch, longest texts first so a batch that does not fit fails at once and padding stays short, and returns
+rows in the order of `texts`. Neither normalises: callers decide.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from mimo_ds.chunking import plan_chunks
 from mimo_ds.models.pooling import PoolMode, pool
 
 Forward = Callable[[Tensor, Tensor], Tensor]
@@ -29,14 +32,22 @@ def pooled_forward(model: torch.nn.Module, pooling: PoolMode) -> Forward:
 
 
 def encode_tokens(forward: Forward, tokens: dict[str, Tensor], batch_size: int, device: torch.device) -> Tensor:
-    """[n, d] float32 on `device` for pre-tokenised rows, `batch_size` rows per forward."""
+    """[n, d] float32 on `device` for pre-tokenised rows, in their order: at most `batch_size` rows per forward,
+    grouped by length and each forward trimmed to its rows' columns (`mimo_ds.chunking`)."""
     n = tokens["input_ids"].shape[0]
-    out = []
-    for start in range(0, n, batch_size):
-        ids = tokens["input_ids"][start : start + batch_size].to(device)
-        mask = tokens["attention_mask"][start : start + batch_size].to(device)
-        out.append(forward(ids, mask).float())
-    return torch.cat(out) if out else torch.empty(0, 0, device=device)
+    if not n:
+        return torch.empty(0, 0, device=device)
+    plan = plan_chunks(tokens["attention_mask"], batch_size)
+    out: Tensor | None = None
+    for chunk in plan.chunks:
+        rows = plan.rows(chunk)
+        ids = tokens["input_ids"][rows, chunk.first : chunk.last].to(device)
+        mask = tokens["attention_mask"][rows, chunk.first : chunk.last].to(device)
+        emb = forward(ids, mask).float()
+        if out is None:
+            out = emb.new_empty(n, emb.shape[1])
+        out[rows.to(device)] = emb
+    return out
 
 
 def encode_texts(forward: Forward, tokenizer, texts: Sequence[str], *, max_length: int, batch_size: int,

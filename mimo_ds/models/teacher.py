@@ -75,7 +75,8 @@ class Teacher:
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def encode_tokens(self, tokens: Tokens) -> torch.Tensor:
-        """Embed pre-tokenised text in mini-batches; fp32 result, L2-normalised when the teacher says so.
+        """Embed pre-tokenised text in mini-batches of like lengths (rows come back in their order); fp32 result,
+        L2-normalised when the teacher says so.
 
         The forward runs under inference_mode; the result is cloned outside it so the loss may save it for backward.
         """

@@ -3,7 +3,8 @@
 probe grads: gradients of one step from the same start and RNG, by three ways of running the encoder:
   direct   — the whole per-device batch in one pass (only comparable without dropout);
   cached   — mimo_ds.step's cached passes (no-grad pass, loss on detached embeddings, replay with restored RNG);
-  chunked  — the plain computation: every chunk run WITH grad and kept, one backward of the whole-batch loss.
+  chunked  — the plain computation: every chunk (the step's length-grouped ones) run WITH grad and kept, put back in
+             row order, one backward of the whole-batch loss.
 probe teacher: the teacher's parameters before and after a few steps, and whether ZeRO manages any of them.
 probe init: the student's fp32 state right after setup (to compare with what init_from holds).
 """
@@ -32,9 +33,11 @@ def _chunked_with_grad(engine, objective, batch, teacher, mini_batch):
     with engine.coalesce_grad_reduction():
         student = {}
         for role, tokens in batch.student.items():
-            parts = [engine(**c) for c in _chunks(tokens, mini_batch, engine.device)]
-            proj = torch.cat([p.proj for p in parts]) if parts[0].proj is not None else None
-            student[role] = Embedded(torch.cat([p.emb for p in parts]), proj)
+            order, chunks = _chunks(tokens, mini_batch, engine.device)  # the step's grouping: the same dropout masks
+            parts = [engine(**c) for _, c in chunks]
+            back = torch.argsort(order)  # chunk order → the batch's row order
+            proj = torch.cat([p.proj for p in parts])[back] if parts[0].proj is not None else None
+            student[role] = Embedded(torch.cat([p.emb for p in parts])[back], proj)
         out = objective(student, targets)
         engine.backward(out.loss)
 
