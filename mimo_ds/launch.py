@@ -44,7 +44,7 @@ def launch(train_args: list[str], nproc: int) -> int:
     with tempfile.TemporaryDirectory(prefix="mimo-launch-") as tmp:
         run_id_file = Path(tmp) / "run.json"
         procs = _start(train_args, nproc, run_id_file)
-        statuses = _wait(procs)
+        statuses = wait_ranks(procs)
         status = combined_status(statuses)
         if status not in (0, EXIT_PREEMPTED):
             _close_tracking(run_id_file)
@@ -62,21 +62,27 @@ def combined_status(statuses: list[int]) -> int:
 def _start(train_args: list[str], nproc: int, run_id_file: Path) -> list[subprocess.Popen]:
     from mimo_ds.tracking import RUN_ID_FILE_ENV
 
+    return start_ranks(["-m", "mimo_ds.train", *train_args], nproc, {RUN_ID_FILE_ENV: str(run_id_file)})
+
+
+def start_ranks(python_args: list[str], nproc: int, extra_env: dict[str, str]) -> list[subprocess.Popen]:
+    """`python python_args` once per rank, each with the environment a launcher gives it (also `mimo-ds
+    teacher-cache --nproc`)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(port), RUN_ID_FILE_ENV: str(run_id_file)}
+           "MASTER_PORT": str(port), **extra_env}
     if "DS_ACCELERATOR" not in env:
         import torch
 
         if not torch.cuda.is_available():
             env["DS_ACCELERATOR"] = "cpu"
-    return [subprocess.Popen([sys.executable, "-m", "mimo_ds.train", *train_args], process_group=0,
+    return [subprocess.Popen([sys.executable, *python_args], process_group=0,
                              env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}) for rank in range(nproc)]
 
 
-def _wait(procs: list[subprocess.Popen]) -> list[int]:
+def wait_ranks(procs: list[subprocess.Popen]) -> list[int]:
     """Every rank's status (128 + N for a rank ended by signal N) in the order they exited, forwarding signals
     meanwhile."""
 
