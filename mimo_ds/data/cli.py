@@ -207,7 +207,7 @@ def _teacher_cache(args: argparse.Namespace) -> int:
                               args.window)
     finished_parts(out, plan, identity)  # a part from other inputs is refused here, before any rank starts
     if args.nproc > 1:
-        from mimo_ds.launch import combined_status, start_ranks, wait_ranks
+        from mimo_ds.ranks import combined_status, start_ranks, wait_ranks
 
         rank_args = ["-m", "mimo_ds.cli", "teacher-cache", "--config", str(args.config), "--out", str(out),
                      "--window", str(args.window), "--part-size", str(args.part_size)]
