@@ -84,8 +84,8 @@ class PartPlan:
                              f"{self.part_size})")
                 continue
             start, stop = self.bounds(parts[0])[0], self.bounds(parts[-1])[1]
-            lines.append(f"rank {rank}: parts {parts[0]}..{parts[-1]}, write positions {start}..{stop - 1} "
-                         f"({stop - start} records)")
+            which = f"part {parts[0]}" if len(parts) == 1 else f"parts {parts[0]}..{parts[-1]}"
+            lines.append(f"rank {rank}: {which}, write positions {start}..{stop - 1} ({stop - start} records)")
         return lines
 
 

@@ -193,7 +193,7 @@ def _teacher_cache(args: argparse.Namespace) -> int:
     check_writable(objective, index, out)
     plan = PartPlan(index.total, args.window, args.part_size)
     if args.plan is not None:
-        print("\n".join(plan.describe(args.plan)))
+        print("\n".join([f"cache folder: {out.resolve()}", *plan.describe(args.plan)]))
         return 0
     me = this_rank()
     if args.nproc > 1 and me.world > 1:
