@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -101,7 +102,9 @@ def run_rank(cfg: Any, objective: Any, out: Path, plan: PartPlan, identity: dict
                       "command again to continue", file=sys.stderr)
                 return 1
         if me.rank == 0:
-            _merged(merge_cache(out, plan, identity, read_index(cfg.data.train)), out)
+            began = time.perf_counter()
+            meta_path = merge_cache(out, plan, identity, read_index(cfg.data.train))
+            _merged(meta_path, out, time.perf_counter() - began)
         return 0
     except _Stopped as exc:
         print(f"teacher cache rank {me.rank}: stopped for {exc}; the finished parts under {out} are kept: run the same "
@@ -114,12 +117,12 @@ def run_rank(cfg: Any, objective: Any, out: Path, plan: PartPlan, identity: dict
             dist.destroy_process_group()
 
 
-def _merged(meta_path: Path, out: Path) -> None:
+def _merged(meta_path: Path, out: Path, seconds: float) -> None:
     import json
 
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     tokens = meta["tokens"]
     padding = f"{tokens['real'] / tokens['computed']:.1%}" if tokens.get("computed") else "n/a"
     print(f"{meta_path}: {meta['count']} {meta['kind']} rows × {meta['dim']} ({', '.join(meta['roles'])}), "
-          f"skipped {meta['skipped'] or 'none'}, padding efficiency {padding} (real/computed tokens); use it with "
-          f"--set data.teacher_cache={out}", flush=True)
+          f"skipped {meta['skipped'] or 'none'}, padding efficiency {padding} (real/computed tokens), merged in "
+          f"{seconds:.1f} s; use it with --set data.teacher_cache={out}", flush=True)

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections import Counter
 from dataclasses import dataclass
 from itertools import groupby
@@ -202,10 +203,15 @@ def write_parts(
         print(f"teacher cache rank {rank}: {len(skipped)} of its {len(mine)} part(s) finished earlier, skipped: "
               f"{part_name(skipped[0])}..{part_name(skipped[-1])}", flush=True)
     positions = sum(plan.bounds(p)[1] - plan.bounds(p)[0] for p in todo)
+    began = time.perf_counter()
     with tqdm(total=positions, desc=f"teacher cache {index.folder.name} rank {rank}", unit="rec",
               disable=not progress) as bar:
         for part in todo:
             _write_part(teacher, objective, index, out, plan, part, identity, bar)
+    if todo and progress:
+        texts, seconds = bar.n * len(identity["roles"]), time.perf_counter() - began
+        print(f"teacher cache rank {rank}: {len(todo)} part(s), {texts} texts in {seconds:.1f} s "
+              f"({texts / seconds:.1f} texts/s)", flush=True)
     return todo
 
 
