@@ -53,7 +53,8 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def caches(teacher, data) -> dict[str, Path]:
     for kind in ("pairs", "rows"):
-        write_cache(teacher, OBJECTIVE[kind], data / kind, data / f"{kind}_cache", window=7, part_size=21, progress=False)
+        write_cache(teacher, OBJECTIVE[kind], data / kind, data / f"{kind}_cache", window=7, part_size=21,
+                    progress=False)
     return {"pairs": data / "pairs_cache", "rows": data / "rows_cache"}
 
 

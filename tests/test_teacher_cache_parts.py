@@ -12,18 +12,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from corpus import make_rows
+from test_teacher_cache import teacher_config
 
-from corpus import make_pairs, make_rows
 from mimo_ds.cli import main as cli_main
 from mimo_ds.config import load_config
 from mimo_ds.data.cache_parts import PARTS_DIR, PartPlan, part_folder
+from mimo_ds.data.shards import read_index
 from mimo_ds.data.teacher_cache import (
     cache_identity, encode_grouped, merge_cache, read_cache_meta, write_cache, write_parts,
 )
-from mimo_ds.data.shards import read_index
 from mimo_ds.models.teacher import Teacher
 from mimo_ds.objectives import objective_class
-from test_teacher_cache import teacher_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "tiny" / "stage2_mimo.yaml"
@@ -170,7 +170,7 @@ def test_length_grouped_forwards_give_the_arrival_order_embeddings(n, mini_batch
     torch.manual_seed(0)
     teacher = Teacher.load(teacher_config(mini_batch=mini_batch))
     rng = random.Random(n)
-    words = "river house green music window market winter engine garden letter".split()
+    words = ["river", "house", "green", "music", "window", "market", "winter", "engine", "garden", "letter"]
     texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 30))) for _ in range(n)]
     got, real, computed = encode_grouped(teacher, texts)
     arrival = torch.cat([teacher.encode(texts[i : i + mini_batch]) for i in range(0, n, mini_batch)])

@@ -86,7 +86,8 @@ def run_rank(cfg: Any, objective: Any, out: Path, plan: PartPlan, identity: dict
         if me.world > 1:
             dist.init_process_group("gloo", rank=me.rank, world_size=me.world, timeout=BARRIER_TIMEOUT)
         mine = plan.rank_parts(me.rank, me.world)
-        if any(part not in finished_parts(out, plan, identity) for part in mine):
+        done = finished_parts(out, plan, identity)
+        if any(part not in done for part in mine):
             torch.manual_seed(cfg.seed)
             teacher = Teacher.load(cfg.teacher, device)
             write_parts(teacher, objective, cfg.data.train, out, plan, me.rank, me.world, progress)

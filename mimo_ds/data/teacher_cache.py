@@ -71,7 +71,9 @@ def text_hashes(texts: dict[str, list[str]]) -> np.ndarray:
 
 
 # -- writing ----------------------------------------------------------------------------------------------------------
-def _good_records(index: ShardIndex, skipped: Counter[str], start: int, stop: int) -> Iterator[tuple[int, dict[str, Any]]]:
+def _good_records(
+    index: ShardIndex, skipped: Counter[str], start: int, stop: int
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """(write position, record) for every usable record at positions [start, stop), in write order; unusable ones
     are counted by reason.
 
