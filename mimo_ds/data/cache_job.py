@@ -7,8 +7,8 @@ nothing while they encode; the only collective is one gloo barrier at the end (g
 device, and a rank that dies closes its connections, so the others stop at once instead of waiting out a timeout),
 after which rank 0 checks and merges every part.
 
-A rank stopped by SIGTERM or SIGUSR1 (Slurm's warning before the time limit) exits 75 (`EXIT_PREEMPTED`): the
-part it was writing is dropped, every finished part is kept, and the same command run again continues.
+A rank stopped by SIGTERM, SIGUSR1 (Slurm's warning before the time limit) or Ctrl-C exits 75 (`EXIT_PREEMPTED`):
+the part it was writing is dropped, every finished part is kept, and the same command run again continues.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def run_rank(cfg: Any, objective: Any, out: Path, plan: PartPlan, identity: dict
     if me.world > 1 and not {"MASTER_ADDR", "MASTER_PORT"} <= os.environ.keys():
         raise InputError(f"rank {me.rank} of {me.world}: MASTER_ADDR and MASTER_PORT are not set (torchrun, "
                          "`--nproc` and slurm/teacher_cache.sh set them)")
-    previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
     try:
         if me.world > 1:
             dist.init_process_group("gloo", rank=me.rank, world_size=me.world, timeout=BARRIER_TIMEOUT)
