@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from corpus import make_rows
@@ -178,3 +179,24 @@ def test_length_grouped_forwards_give_the_arrival_order_embeddings(n, mini_batch
     lengths = [len(teacher.tokenizer(t, truncation=True, max_length=32)["input_ids"]) for t in texts]
     arrival_computed = sum(len(c) * max(c) for c in (lengths[i : i + mini_batch] for i in range(0, n, mini_batch)))
     assert real == sum(lengths) and real <= computed < arrival_computed
+
+
+def test_unusable_records_are_counted_once_whatever_the_parts(recipe_teacher, tmp_path):
+    """6 bad records in shard 1 and a shard 3 torn after 3 of its 8 (the tar ends there without an error): parts of 3
+    positions (cutting shards) count exactly what one part over everything counts, and write the same bytes."""
+    from test_data_loader import _truncated_loss, damage
+    from test_data_loader import rows as loader_rows
+
+    from mimo_ds.data.shards import write_shards
+
+    shards = tmp_path / "shards"
+    write_shards(loader_rows(40), shards, "rows", 8)
+    damage(shards)
+    caches = {size: write_cache(recipe_teacher, MIMO, shards, tmp_path / str(size), window=3, part_size=size,
+                                progress=False).parent for size in (3, 42)}
+    lost = _truncated_loss(shards)
+    skipped = read_cache_meta(caches[3])["skipped"]
+    assert skipped == read_cache_meta(caches[42])["skipped"]
+    assert skipped["truncated_shard"] == lost and sum(skipped.values()) == 6 + lost
+    assert sum(map(bool, np.load(caches[3] / "ids.npy").tolist())) == 40 - 6 - lost  # every other row was cached
+    assert digests(caches[3]) == digests(caches[42])

@@ -79,19 +79,20 @@ def _good_records(
 
     Every unusable record is counted by exactly one range, so the parts' counts add up to one pass's: a bad record
     at its position, a record past its shard's indexed count at the shard's last position, and the records a
-    missing or broken shard lost at the positions they would have held."""
+    missing, broken or short shard lost at the positions they would have held."""
     kind = index.record_kind
     known = None if kind.parallel else index.languages
     last = index.total - 1
     for shard in index.shards:
         if shard.start >= stop or shard.start + max(shard.count, 1) <= start:
             continue
-        read = 0
+        read, lost = 0, TRUNCATED_SHARD  # a shard that ends early without a tar error lost its tail too
         try:
             for member in iter_shard(index.path(shard)):
                 read += 1
                 at = min(shard.start + min(member.ordinal, max(shard.count - 1, 0)), last)
                 if at >= stop:
+                    read = shard.count  # past this range: what follows is another range's to count
                     break
                 if at < start:
                     continue
@@ -104,7 +105,7 @@ def _good_records(
                     yield shard.start + member.ordinal, member.record
         except ShardReadError as exc:
             lost = MISSING_SHARD if isinstance(exc.cause, FileNotFoundError) else TRUNCATED_SHARD
-            skipped[lost] += max(0, min(shard.start + shard.count, stop) - max(shard.start + read, start))
+        skipped[lost] += max(0, min(shard.start + shard.count, stop) - max(shard.start + read, start))
 
 
 def encode_grouped(teacher: Any, texts: list[str]) -> tuple[torch.Tensor, int, int]:
