@@ -23,6 +23,7 @@ from mimo_ds.data.shards import read_index
 from mimo_ds.data.teacher_cache import (
     cache_identity, encode_grouped, merge_cache, read_cache_meta, write_cache, write_parts,
 )
+from mimo_ds.errors import InputError
 from mimo_ds.models.teacher import Teacher
 from mimo_ds.objectives import objective_class
 
@@ -200,3 +201,20 @@ def test_unusable_records_are_counted_once_whatever_the_parts(recipe_teacher, tm
     assert skipped["truncated_shard"] == lost and sum(skipped.values()) == 6 + lost
     assert sum(map(bool, np.load(caches[3] / "ids.npy").tolist())) == 40 - 6 - lost  # every other row was cached
     assert digests(caches[3]) == digests(caches[42])
+
+
+def test_the_merge_refuses_a_damaged_part_by_name(recipe_teacher, rows, tmp_path, capsys):
+    """A finished part whose array lost its tail, or whose file is replaced by one of another shape (same size), is
+    named by the merge; the cache gets no meta.json."""
+    plan = PartPlan(37, window=5, part_size=10)
+    write_parts(recipe_teacher, MIMO, rows, tmp_path, plan, progress=False)
+    identity = cache_identity(MIMO, read_index(rows), recipe_teacher.fingerprint(), torch.float32, plan.window)
+    hashes = part_folder(tmp_path, 2) / "text_hash.npy"
+    original = hashes.read_bytes()
+    hashes.write_bytes(original[:-8])
+    with pytest.raises(InputError, match=r"part-000002: text_hash.npy has \d+ bytes, its manifest recorded \d+"):
+        merge_cache(tmp_path, plan, identity, read_index(rows))
+    np.save(hashes, np.zeros(10, dtype=np.int64))  # same size, another dtype
+    with pytest.raises(InputError, match=r"part-000002: text_hash.npy has shape \(10,\) and dtype int64, expected"):
+        merge_cache(tmp_path, plan, identity, read_index(rows))
+    assert not (tmp_path / "meta.json").exists()

@@ -199,7 +199,11 @@ def merge_parts(out: Path, plan: PartPlan, identity: dict[str, Any]) -> dict[str
         folder, (start, stop) = part_folder(out, part), plan.bounds(part)
         for role in roles:
             arrays[role][start:stop] = _load(folder, f"{role}.npy", (stop - start, dim), "float16")
-        ids += _load(folder, IDS_NAME, (stop - start,), "S").tolist()
+        part_ids = _load(folder, IDS_NAME, (stop - start,), "S").tolist()
+        if (rows := sum(map(bool, part_ids))) != manifests[part]["rows"]:
+            raise InputError(f"teacher-cache part {folder}: {IDS_NAME} holds {rows} records, its manifest "
+                             f"{manifests[part]['rows']}: remove {folder} to write the part again")
+        ids += part_ids
         hashes[start:stop] = _load(folder, HASH_NAME, (stop - start,), "uint64")
         skipped.update(manifests[part]["skipped"])
         tokens.update(manifests[part]["tokens"])
