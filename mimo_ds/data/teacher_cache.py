@@ -105,7 +105,8 @@ def _good_records(
                     yield shard.start + member.ordinal, member.record
         except ShardReadError as exc:
             lost = MISSING_SHARD if isinstance(exc.cause, FileNotFoundError) else TRUNCATED_SHARD
-        skipped[lost] += max(0, min(shard.start + shard.count, stop) - max(shard.start + read, start))
+        if (missing := min(shard.start + shard.count, stop) - max(shard.start + read, start)) > 0:
+            skipped[lost] += missing
 
 
 def encode_grouped(teacher: Any, texts: list[str]) -> tuple[torch.Tensor, int, int]:
