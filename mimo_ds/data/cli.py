@@ -175,6 +175,8 @@ def _teacher_cache(args: argparse.Namespace) -> int:
 
     Every check that can fail runs before a teacher loads or a rank starts: the config, the shards, the output, and
     every part an earlier (killed) run left behind."""
+    import torch
+
     from mimo_ds.config import load_config
     from mimo_ds.data.cache_job import rank_device, run_rank, this_rank
     from mimo_ds.data.cache_parts import PartPlan, finished_parts
@@ -200,8 +202,6 @@ def _teacher_cache(args: argparse.Namespace) -> int:
         raise InputError(f"--nproc starts its own ranks; this process is already rank {me.rank} of {me.world} "
                          "(leave --nproc out under torchrun, deepspeed or srun)")
     device = rank_device(args.device, me)
-    import torch
-
     dtype = teacher_dtype(cfg.teacher.dtype, torch.device(device))
     identity = cache_identity(objective, index, fingerprint_of(cfg.teacher, config_width(cfg.teacher)), dtype,
                               args.window)
@@ -235,6 +235,8 @@ def _register_teacher_cache(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--nproc", type=positive_int, default=1, help="ranks to start on this machine (like torchrun)")
     p.add_argument("--plan", type=positive_int, metavar="WORLD",
                    help="print each rank's parts and write positions for WORLD ranks, and exit (loads no teacher)")
+    # the deepspeed launcher appends --local_rank=N; the rank is read from LOCAL_RANK, which it sets too
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_teacher_cache)
 
 
