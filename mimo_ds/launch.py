@@ -12,24 +12,20 @@ the config checks, so one bad key was printed N times before a launcher tracebac
   by `kill -9` gives 137, not the 1 of the ranks that lost it), else 75 when a rank stopped for a signal, else 0;
 - when a rank fails and the others are still running `GRACE_S` seconds later (a rank killed hard leaves the others
   waiting in a collective), they are killed, and an MLflow run left RUNNING is marked FAILED.
+Starting, signal forwarding, waiting and the combined status are `mimo_ds.ranks` (`mimo-ds teacher-cache --nproc`
+uses them too); the checks and the MLflow clean-up are the trainer's, here.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from mimo_ds.ranks import combined_status, start_ranks, wait_ranks
 from mimo_ds.signals import EXIT_PREEMPTED
-
-GRACE_S = 60.0  # the others' time to stop together after a rank failed, before they are killed
-_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
 def launch(train_args: list[str], nproc: int) -> int:
@@ -44,82 +40,19 @@ def launch(train_args: list[str], nproc: int) -> int:
     with tempfile.TemporaryDirectory(prefix="mimo-launch-") as tmp:
         run_id_file = Path(tmp) / "run.json"
         procs = _start(train_args, nproc, run_id_file)
-        statuses = _wait(procs)
+        statuses = wait_ranks(procs)
         status = combined_status(statuses)
         if status not in (0, EXIT_PREEMPTED):
             _close_tracking(run_id_file)
     return status
 
 
-def combined_status(statuses: list[int]) -> int:
-    """The job's status from its ranks' (in the order they exited): the first failure wins, then 75, then 0."""
-    failures = [code for code in statuses if code not in (0, EXIT_PREEMPTED)]
-    if failures:
-        return failures[0]
-    return EXIT_PREEMPTED if EXIT_PREEMPTED in statuses else 0
-
-
 def _start(train_args: list[str], nproc: int, run_id_file: Path) -> list[subprocess.Popen]:
     from mimo_ds.tracking import RUN_ID_FILE_ENV
     from mimo_ds.train import CHECKED_BY_LAUNCHER_ENV
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(port), RUN_ID_FILE_ENV: str(run_id_file), CHECKED_BY_LAUNCHER_ENV: "1"}
-    if "DS_ACCELERATOR" not in env:
-        import torch
-
-        if not torch.cuda.is_available():
-            env["DS_ACCELERATOR"] = "cpu"
-    return [subprocess.Popen([sys.executable, "-m", "mimo_ds.train", *train_args], process_group=0,
-                             env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}) for rank in range(nproc)]
-
-
-def _wait(procs: list[subprocess.Popen]) -> list[int]:
-    """Every rank's status (128 + N for a rank ended by signal N) in the order they exited, forwarding signals
-    meanwhile."""
-
-    def forward(signum: int, frame: object) -> None:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
-
-    previous = {signum: signal.signal(signum, forward) for signum in _FORWARDED}
-    failed_at = None
-    exited: list[subprocess.Popen] = []
-    try:
-        while len(exited) < len(procs):
-            exited += [p for p in procs if p not in exited and p.poll() is not None]
-            if failed_at is None and any(_status(p.returncode) not in (0, EXIT_PREEMPTED) for p in exited):
-                failed_at = time.monotonic()
-            if failed_at is not None and time.monotonic() - failed_at > GRACE_S:
-                print(f"mimo-ds: a rank failed and the others did not stop within {GRACE_S:.0f} s: killing them",
-                      file=sys.stderr, flush=True)
-                _kill(procs)
-            time.sleep(0.2)
-    except BaseException:
-        _kill(procs)
-        raise
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    return [_status(p.returncode) for p in exited]
-
-
-def _status(code: int) -> int:
-    return 128 - code if code < 0 else code
-
-
-def _kill(procs: list[subprocess.Popen]) -> None:
-    """SIGKILL the process group of every rank still running (its loader workers with it)."""
-    for p in procs:
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    return start_ranks(["-m", "mimo_ds.train", *train_args], nproc,
+                       {RUN_ID_FILE_ENV: str(run_id_file), CHECKED_BY_LAUNCHER_ENV: "1"})
 
 
 def _close_tracking(run_id_file: Path) -> None:

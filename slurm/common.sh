@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# What slurm/stage1.sh and slurm/stage2.sh share. Sourced, never run: argument parsing, the launch plan, the
-# environment of every rank, the dry run, signal forwarding and the requeue decision. docs/cluster.md explains it.
+# What slurm/stage1.sh, slurm/stage2.sh and slurm/teacher_cache.sh share. Sourced, never run: argument parsing, the
+# launch plan, the environment of every rank, the dry run, signal forwarding and the requeue decision. docs/cluster.md
+# explains it.
 #
 # Launch shape: ONE SRUN TASK PER GPU. Slurm starts every rank itself and hands each its SLURM_PROCID,
 # SLURM_LOCALID and SLURM_NTASKS, which become RANK, LOCAL_RANK and WORLD_SIZE (DeepSpeed reads those, never
@@ -299,9 +300,15 @@ mimo_forward_signal() {  # $1: the signal the batch shell got. srun relays USR1 
   kill -s USR1 "$MIMO_SRUN_PID" 2>/dev/null || true
 }
 
+# What the log says when the job finished, stopped for a signal, or was requeued: a stage's output and checkpoints
+# (slurm/teacher_cache.sh redefines these for its cache folder and parts).
+mimo_finished_note() { echo "the stage output is in $CFG_output_dir"; }
+mimo_preempted_note() { echo "the ranks checkpointed ($(mimo_newest_checkpoint) in $CFG_output_dir/checkpoints)"; }
+mimo_requeued_note() { echo "it resumes from its newest checkpoint with --resume auto"; }
+
 mimo_requeue() {  # after the ranks checkpointed (or before any started): requeue; exit 75 if Slurm refuses
   if scontrol requeue "$SLURM_JOB_ID"; then
-    mimo_log "requeued job $SLURM_JOB_ID: it resumes from its newest checkpoint with --resume auto"
+    mimo_log "requeued job $SLURM_JOB_ID: $(mimo_requeued_note)"
     exit 0
   fi
   mimo_log "could not requeue job $SLURM_JOB_ID (cancelled, or not requeueable); resubmit it to resume"
@@ -339,10 +346,10 @@ mimo_launch() {
   trap '' USR1 TERM
   case $status in
     0)
-      mimo_log "finished: the stage output is in $CFG_output_dir"
+      mimo_log "finished: $(mimo_finished_note)"
       exit 0 ;;
     "$MIMO_EXIT_PREEMPTED")
-      mimo_log "preempted: the ranks checkpointed ($(mimo_newest_checkpoint) in $CFG_output_dir/checkpoints)"
+      mimo_log "preempted: $(mimo_preempted_note)"
       mimo_requeue ;;
     *)
       mimo_log "the trainer failed with status $status: not requeued"

@@ -171,8 +171,11 @@ PROBES = [
           "nope: no such folder"),
     probe("teacher-cache-wrong-shard-kind",
           f"teacher-cache --config {TINY}/stage2_mimo.yaml --set data.train={{fx}}/pairs", "holds pairs"),
-    probe("teacher-cache-batch-zero", f"teacher-cache --config {TINY}/stage1.yaml --batch-size 0",
-          "--batch-size: must be at least 1"),
+    probe("teacher-cache-window-zero", f"teacher-cache --config {TINY}/stage1.yaml --window 0",
+          "--window: must be at least 1"),
+    probe("teacher-cache-part-not-whole-windows",
+          f"teacher-cache --config {TINY}/stage1.yaml --set data.train={{fx}}/pairs --out {{fx}}/tc --window 3 "
+          "--part-size 10", "part size (10) must be a multiple of the window (3)", absent=("{fx}/tc",)),
     # -- benchmark mini ---------------------------------------------------------------------------------------------
     probe("benchmark-mini-into-non-empty", f"benchmark mini {FULL}", "not empty", keep=(FULL,)),
     probe("benchmark-mini-into-a-file", "benchmark mini {fx}/afile", "is a file", keep=("{fx}/afile",)),

@@ -27,6 +27,7 @@ from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE1, STAGE2 = ROOT / "slurm" / "stage1.sh", ROOT / "slurm" / "stage2.sh"
+CACHE = ROOT / "slurm" / "teacher_cache.sh"
 TINY = ROOT / "recipes" / "tiny"
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 DAEMONS = ["slurmctld", "slurmd", "munged", "sbatch", "scontrol", "squeue", "scancel", "sinfo"]
@@ -164,6 +165,38 @@ def test_outside_slurm_without_dry_run_refuses(no_slurm):
     proc = subprocess.run(["bash", str(STAGE1), "--nodes", "2"], env=no_slurm, capture_output=True, text=True,
                           timeout=60, cwd=ROOT)
     assert proc.returncode == 2 and "--dry-run" in proc.stderr
+
+
+def test_teacher_cache_dry_run_shows_every_ranks_slice(no_slurm, tmp_path):
+    """3 CPU tasks on each of 2 nodes over 37 rows in parts of 10: every rank's command, and slices that tile the
+    write positions in rank order, on part boundaries (the ranks beyond the 4 parts get none)."""
+    rows = make_rows(tmp_path / "rows", n=37, shard_size=8)
+    proc = _dry_run(CACHE, no_slurm, "--recipe", "recipes/tiny/stage2_mimo.yaml", "--set", f"data.train={rows}",
+                    "--nodes", "2", "--gpus-per-node", "0", "--ntasks-per-node", "3", "--window", "5",
+                    "--part-size", "10", "--out", str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "slurm-called").exists(), "the dry run called a Slurm command"
+    plan = _plan(proc.stdout)
+    assert sorted(plan) == list(range(6))
+    for rank, (_, _, env, command) in plan.items():
+        assert env["RANK"] == str(rank) and env["WORLD_SIZE"] == "6"
+        assert command[:4] == [sys.executable, "-m", "mimo_ds.cli", "teacher-cache"]
+        assert command[command.index("--out") + 1] == str(tmp_path / "cache")
+    slices = re.findall(r"^    slice: (.*)$", proc.stdout, re.M)
+    assert len(slices) == 6
+    covered = []
+    for text in slices:
+        if m := re.fullmatch(r"parts? .*, write positions (\d+)\.\.(\d+) \((\d+) records\)", text):
+            start, last = int(m[1]), int(m[2])
+            assert start % 10 == 0 and int(m[3]) == last - start + 1
+            covered += range(start, last + 1)
+        else:
+            assert text.startswith("no part"), text
+    assert covered == list(range(37))
+    assert f"cache       {tmp_path / 'cache'} " in proc.stdout
+    refused = _dry_run(CACHE, no_slurm, "--recipe", "recipes/tiny/stage2_mimo.yaml", "--set", f"data.train={rows}",
+                       "--nodes", "1", "--window", "3", "--part-size", "10")
+    assert refused.returncode == 2 and "must be a multiple of the window" in refused.stderr
 
 
 def test_dry_run_takes_the_tracking_store_as_the_trainer_does(no_slurm, tmp_path):

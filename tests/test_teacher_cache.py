@@ -54,7 +54,8 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def caches(teacher, data) -> dict[str, Path]:
     for kind in ("pairs", "rows"):
-        write_cache(teacher, OBJECTIVE[kind], data / kind, data / f"{kind}_cache", batch_size=7, progress=False)
+        write_cache(teacher, OBJECTIVE[kind], data / kind, data / f"{kind}_cache", window=7, part_size=21,
+                    progress=False)
     return {"pairs": data / "pairs_cache", "rows": data / "rows_cache"}
 
 
@@ -205,7 +206,7 @@ def test_cli_cache_and_a_tiny_run_that_trains_from_it(data, tmp_path):
     cache, out = tmp_path / "cache", tmp_path / "out"
     recipe = str(ROOT / "recipes/tiny/stage1.yaml")
     args = ["teacher-cache", "--config", recipe, "--set", f"data.train={data / 'pairs'}", "--out", str(cache),
-            "--device", "cpu", "--batch-size", "16"]
+            "--device", "cpu", "--window", "16", "--part-size", "32"]
     assert cli_main(args) == 0
     assert read_cache_meta(cache)["fingerprint"]["max_length"] == 32
     run = _train(f"data.train={data / 'pairs'}", f"data.teacher_cache={cache}", f"output_dir={out}", "max_steps=3")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mimo_ds.cli_args import check_fresh_folder, check_output_file, device_name, positive_int
 from mimo_ds.data.filters import DEDUP_MODES, Stage1Filters
-from mimo_ds.errors import ExistingOutput, InputError
+from mimo_ds.errors import InputError
 from mimo_ds.record_kinds import PAIRS, ROWS, record_kind
 
 # The record kinds a converter can write (a kind declared elsewhere needs its own converter).
@@ -171,49 +171,72 @@ def _register_verify(formats: argparse._SubParsersAction) -> None:
 
 def _teacher_cache(args: argparse.Namespace) -> int:
     """Read the teacher and data.train from the run config itself, so the cache is made by exactly the teacher the
-    run will check it against; seeded like the trainer, so a random-init (tiny) teacher is the trainer's one."""
+    run will check it against; seeded like the trainer, so a random-init (tiny) teacher is the trainer's one.
+
+    Every check that can fail runs before a teacher loads or a rank starts: the config, the shards, the output, and
+    every part an earlier (killed) run left behind."""
     import torch
 
     from mimo_ds.config import load_config
-    from mimo_ds.data.teacher_cache import DEFAULT_DIR, META_NAME, write_cache
+    from mimo_ds.data.cache_job import rank_device, run_rank, this_rank
+    from mimo_ds.data.cache_parts import PartPlan, finished_parts
+    from mimo_ds.data.teacher_cache import DEFAULT_DIR, cache_identity, check_writable
     from mimo_ds.data.verify import read_shard_index
-    from mimo_ds.models.teacher import Teacher
+    from mimo_ds.models.fingerprint import fingerprint_of
+    from mimo_ds.models.teacher import config_width, teacher_dtype
     from mimo_ds.objectives import objective_class
 
     cfg = load_config(args.config, args.overrides)
     objective = objective_class(cfg.objective.kind)
     if cfg.teacher is None:
         raise InputError(f"{args.config} has no teacher section ({cfg.objective.kind!r} uses no teacher)")
-    # Everything checkable is checked before the teacher is loaded (minutes for a large one).
     index = read_shard_index(cfg.data.train)
-    if index.record_kind is not objective.shards:
-        raise InputError(f"data.train {cfg.data.train} holds {index.kind}; objective {objective.kind!r} reads "
-                         f"{objective.shards}")
     out = args.out or cfg.data.train / DEFAULT_DIR
-    if (out / META_NAME).exists():
-        raise ExistingOutput(f"{out / META_NAME} exists: this teacher cache is already written (remove the folder "
-                             "to rebuild it, or give --out a fresh folder)")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; it names the cache folder")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(cfg.seed)
-    teacher = Teacher.load(cfg.teacher, device)
-    meta_path = write_cache(teacher, objective, cfg.data.train, out,
-                            batch_size=args.batch_size)
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    print(f"{meta_path}: {meta['count']} {meta['kind']} rows × {meta['dim']} ({', '.join(meta['roles'])}), "
-          f"skipped {meta['skipped'] or 'none'}; use it with --set data.teacher_cache={out}")
-    return 0
+    check_writable(objective, index, out)
+    plan = PartPlan(index.total, args.window, args.part_size)
+    if args.plan is not None:
+        print("\n".join([f"cache folder: {out.resolve()}", *plan.describe(args.plan)]))
+        return 0
+    me = this_rank()
+    if args.nproc > 1 and me.world > 1:
+        raise InputError(f"--nproc starts its own ranks; this process is already rank {me.rank} of {me.world} "
+                         "(leave --nproc out under torchrun, deepspeed or srun)")
+    device = rank_device(args.device, me)
+    dtype = teacher_dtype(cfg.teacher.dtype, torch.device(device))
+    identity = cache_identity(objective, index, fingerprint_of(cfg.teacher, config_width(cfg.teacher)), dtype,
+                              args.window)
+    finished_parts(out, plan, identity)  # a part from other inputs is refused here, before any rank starts
+    if args.nproc > 1:
+        from mimo_ds.ranks import combined_status, start_ranks, wait_ranks
+
+        rank_args = ["-m", "mimo_ds.cli", "teacher-cache", "--config", str(args.config), "--out", str(out),
+                     "--window", str(args.window), "--part-size", str(args.part_size)]
+        rank_args += [f"--set={item}" for item in args.overrides] + (["--device", args.device] if args.device else [])
+        return combined_status(wait_ranks(start_ranks(rank_args, args.nproc, {})))
+    return run_rank(cfg, objective, out, plan, identity, me, device)
 
 
 def _register_teacher_cache(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("teacher-cache", help="encode the teacher roles of the run's objective with its teacher")
+    from mimo_ds.data.cache_parts import DEFAULT_PART_SIZE, DEFAULT_WINDOW
+
+    p = subparsers.add_parser("teacher-cache", help="encode the teacher roles of the run's objective with its teacher "
+                                                    "(one process, --nproc N, or every rank under torchrun/srun)")
     p.add_argument("--config", required=True, help="run config YAML: its teacher section and data.train are used")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", type=Path, help="cache folder (default: <data.train>/teacher_cache)")
-    p.add_argument("--device", type=device_name, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    p.add_argument("--batch-size", type=positive_int, default=256,
-                   help="texts per teacher call (forwards: teacher.mini_batch)")
+    p.add_argument("--device", type=device_name, help="cpu, cuda, cuda:1, ... (default: cuda when available; under "
+                                                      "a launcher, cuda is each rank's cuda:LOCAL_RANK)")
+    p.add_argument("--window", type=positive_int, default=DEFAULT_WINDOW,
+                   help="write positions whose texts are sorted by length together; forwards take "
+                        "teacher.mini_batch of them (default %(default)s)")
+    p.add_argument("--part-size", type=positive_int, default=DEFAULT_PART_SIZE,
+                   help="write positions per part, a multiple of --window: the unit of resumption and of the ranks' "
+                        "slices (default %(default)s)")
+    p.add_argument("--nproc", type=positive_int, default=1, help="ranks to start on this machine (like torchrun)")
+    p.add_argument("--plan", type=positive_int, metavar="WORLD",
+                   help="print each rank's parts and write positions for WORLD ranks, and exit (loads no teacher)")
+    # the deepspeed launcher appends --local_rank=N; the rank is read from LOCAL_RANK, which it sets too
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_teacher_cache)
 
 

@@ -8,14 +8,18 @@ function the loader uses (`mimo_ds.objectives.role_texts`), so the prompt rule c
 Layout of a cache folder (rows are the shard folder's write positions, 0..total-1, so a record's row is the position
 the loader already knows; records the writer could not read leave a zero row with an empty id):
 - `<role>.npy`: float16 [total, dim], one per teacher role of the objective: `teacher` for stage 1 (the English
-  side, no prompt); `teacher_query` (the English query WITH the teacher's query prompt) and `teacher_passage` for
+  side with the teacher's passage prompt, empty by default); `teacher_query` (the English query WITH the teacher's query prompt) and `teacher_passage` for
   MIMO;
 - `ids.npy`: the sample id of each row (bytes), so a lookup is checked against the id the shards hold there;
 - `text_hash.npy`: uint64 hash of the exact texts the teacher saw for the row, so a reconverted corpus with the same
   shard names and counts, or another prompt, is caught at the first batch instead of training on wrong targets;
 - `meta.json` (written last: a folder without one is an interrupted run): format, kind, the objective, the teacher
-  fingerprint (`Teacher.fingerprint()`), the shard folder's `ShardIndex.fingerprint()`, dim, count, roles, skipped
-  records.
+  fingerprint (`Teacher.fingerprint()`), the shard folder's `ShardIndex.fingerprint()`, dim, count, roles, window,
+  skipped records, and the real and computed (padded) token counts of the teacher's forwards.
+
+It is written in parts, by one process or by every rank of a job, and merged (`mimo_ds.data.cache_parts` says why
+the result is byte-identical whatever the number of ranks): `write_cache` is the one-process path, `write_parts` and
+`merge_cache` the pieces `mimo-ds teacher-cache` runs on each rank and on rank 0.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import time
 from collections import Counter
 from dataclasses import dataclass
-from itertools import islice
+from itertools import groupby
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -33,18 +39,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mimo_ds.data.cache_parts import (
+    DEFAULT_PART_SIZE, DEFAULT_WINDOW, HASH_NAME, IDS_NAME, PARTS_DIR, PartPlan, finished_parts, identity_of,
+    merge_parts, part_folder, part_name, publish_part, remove_stale_temps, temp_folder,
+)
 from mimo_ds.data.records import MISSING_SHARD, TRUNCATED_SHARD, UNINDEXED, BadRecord, check_member
 from mimo_ds.data.shards import ShardIndex, ShardReadError, iter_shard, read_index
+from mimo_ds.errors import ExistingOutput, InputError
 from mimo_ds.models.fingerprint import CHECKED_KEYS, fingerprint_of
-from mimo_ds.models.teacher import config_width
+from mimo_ds.models.teacher import config_width, teacher_dtype
 from mimo_ds.objectives import Objective, objective_class, role_texts
 from mimo_ds.versioned_json import read_versioned_json
 
 DEFAULT_DIR = "teacher_cache"  # beside the shards: `<data.train>/teacher_cache`
 META_NAME = "meta.json"
 CACHE_FORMAT = 1
-IDS_NAME = "ids.npy"
-HASH_NAME = "text_hash.npy"
 
 
 def teacher_texts(objective: type[Objective], records: Sequence[dict[str, Any]], query_prompt: str,
@@ -63,15 +72,31 @@ def text_hashes(texts: dict[str, list[str]]) -> np.ndarray:
 
 
 # -- writing ----------------------------------------------------------------------------------------------------------
-def _good_records(index: ShardIndex, skipped: Counter[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(write position, record) for every usable record, in write order; unusable ones are counted by reason."""
+def _good_records(
+    index: ShardIndex, skipped: Counter[str], start: int, stop: int
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(write position, record) for every usable record at positions [start, stop), in write order; unusable ones
+    are counted by reason.
+
+    Every unusable record is counted by exactly one range, so the parts' counts add up to one pass's: a bad record
+    at its position, a record past its shard's indexed count at the shard's last position, and the records a
+    missing, broken or short shard lost at the positions they would have held."""
     kind = index.record_kind
     known = None if kind.parallel else index.languages
+    last = index.total - 1
     for shard in index.shards:
-        read = 0
+        if shard.start >= stop or shard.start + max(shard.count, 1) <= start:
+            continue
+        read, lost = 0, TRUNCATED_SHARD  # a shard that ends early without a tar error lost its tail too
         try:
             for member in iter_shard(index.path(shard)):
                 read += 1
+                at = min(shard.start + min(member.ordinal, max(shard.count - 1, 0)), last)
+                if at >= stop:
+                    read = shard.count  # past this range: what follows is another range's to count
+                    break
+                if at < start:
+                    continue
                 bad = member.bad or check_member(member.key, member.record, kind, known)
                 if bad is None and member.ordinal >= shard.count:
                     bad = BadRecord(UNINDEXED, f"{shard.name} holds more records than its index")
@@ -81,18 +106,157 @@ def _good_records(index: ShardIndex, skipped: Counter[str]) -> Iterator[tuple[in
                     yield shard.start + member.ordinal, member.record
         except ShardReadError as exc:
             lost = MISSING_SHARD if isinstance(exc.cause, FileNotFoundError) else TRUNCATED_SHARD
-            skipped[lost] += max(0, shard.count - read)
+        if (missing := min(shard.start + shard.count, stop) - max(shard.start + read, start)) > 0:
+            skipped[lost] += missing
 
 
-def _encode(teacher: Any, texts: dict[str, list[str]]) -> dict[str, np.ndarray]:
-    """Role → float16 embeddings of exactly these texts."""
-    out = {}
-    for role, items in texts.items():
-        emb = teacher.encode(items).cpu().numpy().astype(np.float16)
-        if not np.isfinite(emb).all():
-            raise ValueError(f"teacher embeddings for {role} overflow float16 (normalize the teacher or cache fp32)")
-        out[role] = emb
+def encode_grouped(teacher: Any, texts: list[str]) -> tuple[torch.Tensor, int, int]:
+    """float32 [len(texts), dim] in the order of `texts`, with the real and the computed (padded) token counts.
+
+    The texts are tokenised together, ordered longest first (ties by position, so the order depends on the texts
+    alone) and cut into forwards of `teacher.cfg.mini_batch` rows, each trimmed to its own longest row: a forward
+    pays for little padding, and the first one is the largest, so a batch that does not fit fails at once. Trimming
+    a row padded to the window's longest gives the tokens the tokenizer gives it padded to the forward's longest;
+    each embedding is written back at its own row.
+    """
+    tokens = teacher.tokenize(texts)
+    mask = tokens["attention_mask"]
+    lengths = mask.sum(dim=1).tolist()
+    order = sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
+    width, left = mask.shape[1], teacher.tokenizer.padding_side == "left"
+    out = torch.empty(len(texts), teacher.dim)
+    computed = 0
+    for first in range(0, len(order), teacher.cfg.mini_batch):
+        rows = order[first : first + teacher.cfg.mini_batch]
+        longest = lengths[rows[0]]
+        columns = slice(width - longest, width) if left else slice(0, longest)
+        out[rows] = teacher.encode_tokens({k: v[rows][:, columns] for k, v in tokens.items()}).float().cpu()
+        computed += len(rows) * longest
+    return out, int(sum(lengths)), computed
+
+
+def _float16(role: str, emb: torch.Tensor) -> np.ndarray:
+    out = emb.numpy().astype(np.float16)
+    if not np.isfinite(out).all():
+        raise ValueError(f"teacher embeddings for {role} overflow float16 (normalize the teacher or cache fp32)")
     return out
+
+
+def cache_identity(objective: type[Objective], index: ShardIndex, fingerprint: dict[str, Any], dtype: torch.dtype,
+                   window: int) -> dict[str, Any]:
+    """What a part's rows depend on (`cache_parts.identity_of`), from a run's pieces; the CLI computes it before the
+    teacher loads (fingerprint from the config), `write_parts` from the loaded teacher: both must agree."""
+    return identity_of(kind=index.kind, objective=objective.kind, roles=[r.name for r in objective.teacher_roles],
+                       fingerprint=fingerprint, dtype=str(dtype), shards=index.fingerprint(),
+                       dim=int(fingerprint["dim"]), window=window)
+
+
+def _teacher_identity(teacher: Any, objective: type[Objective], index: ShardIndex, window: int) -> dict[str, Any]:
+    return cache_identity(objective, index, teacher.fingerprint(), teacher_dtype(teacher.cfg.dtype, teacher.device),
+                          window)
+
+
+def _write_part(teacher: Any, objective: type[Objective], index: ShardIndex, out: Path, plan: PartPlan, part: int,
+                identity: dict[str, Any], bar: tqdm) -> None:
+    """Encode the records of `part` into a temporary folder, then publish it (`cache_parts.publish_part`)."""
+    start, stop = plan.bounds(part)
+    remove_stale_temps(out, part)
+    temp = temp_folder(out, part)
+    temp.mkdir(parents=True)
+    arrays = {role: np.lib.format.open_memmap(temp / f"{role}.npy", mode="w+", dtype=np.float16,
+                                              shape=(stop - start, teacher.dim)) for role in identity["roles"]}
+    ids: list[bytes] = [b""] * (stop - start)
+    hashes = np.zeros(stop - start, dtype=np.uint64)
+    skipped: Counter[str] = Counter()
+    tokens: Counter[str] = Counter()
+    records = _good_records(index, skipped, start, stop)
+    for _, window in groupby(records, key=lambda item: item[0] // plan.window):
+        chunk = list(window)
+        rows = np.array([pos - start for pos, _ in chunk])
+        texts = teacher_texts(objective, [r for _, r in chunk], teacher.cfg.query_prompt, teacher.cfg.passage_prompt)
+        for role, items in texts.items():
+            emb, real, computed = encode_grouped(teacher, items)
+            arrays[role][rows] = _float16(role, emb)
+            tokens.update(real=real, computed=computed)
+        hashes[rows] = text_hashes(texts)
+        for pos, record in chunk:
+            ids[pos - start] = record["id"].encode()
+        bar.update(len(chunk))
+    for array in arrays.values():
+        array.flush()
+    np.save(temp / IDS_NAME, np.array(ids, dtype=f"S{max(map(len, ids), default=0) or 1}"))
+    np.save(temp / HASH_NAME, hashes)
+    publish_part(temp, part_folder(out, part), {**identity, "start": start, "stop": stop,
+                                                "rows": sum(map(bool, ids)), "skipped": dict(sorted(skipped.items())),
+                                                "tokens": dict(sorted(tokens.items()))})
+
+
+def write_parts(
+    teacher: Any, objective: type[Objective], shards: str | os.PathLike[str], out: str | os.PathLike[str],
+    plan: PartPlan, rank: int = 0, world: int = 1, progress: bool = True,
+) -> list[int]:
+    """Write rank `rank` of `world`'s parts of the cache that are not finished yet; returns the parts it wrote.
+
+    Finished parts are checked against this run (refused when from other inputs) and skipped, saying so."""
+    index = read_index(shards)
+    out = Path(out)
+    identity = _teacher_identity(teacher, objective, index, plan.window)
+    done = finished_parts(out, plan, identity)
+    mine = plan.rank_parts(rank, world)
+    todo = [part for part in mine if part not in done]
+    if skipped := [part for part in mine if part in done]:
+        print(f"teacher cache rank {rank}: {len(skipped)} of its {len(mine)} part(s) finished earlier, skipped: "
+              f"{part_name(skipped[0])}..{part_name(skipped[-1])}", flush=True)
+    positions = sum(plan.bounds(p)[1] - plan.bounds(p)[0] for p in todo)
+    began = time.perf_counter()
+    with tqdm(total=positions, desc=f"teacher cache {index.folder.name} rank {rank}", unit="rec",
+              disable=not progress) as bar:
+        for part in todo:
+            _write_part(teacher, objective, index, out, plan, part, identity, bar)
+    if todo and progress:
+        texts, seconds = bar.n * len(identity["roles"]), time.perf_counter() - began
+        print(f"teacher cache rank {rank}: {len(todo)} part(s), {texts} texts in {seconds:.1f} s "
+              f"({texts / seconds:.1f} texts/s)", flush=True)
+    return todo
+
+
+def merge_cache(out: str | os.PathLike[str], plan: PartPlan, identity: dict[str, Any], index: ShardIndex) -> Path:
+    """Check and merge every part into the cache, write meta.json last, remove the parts; returns meta.json's path."""
+    out = Path(out)
+    merged = merge_parts(out, plan, identity)
+    meta = {
+        "format": CACHE_FORMAT,
+        "kind": index.kind,
+        "objective": identity["objective"],
+        "fingerprint": identity["fingerprint"],
+        "shards": index.fingerprint(),
+        "shards_folder": str(index.folder),
+        "dim": identity["dim"],
+        "count": plan.total,
+        "dtype": "float16",
+        "roles": identity["roles"],
+        "window": plan.window,
+        "skipped": merged["skipped"],
+        "tokens": merged["tokens"],
+    }
+    tmp = out / (META_NAME + ".tmp")
+    tmp.write_text(json.dumps(meta, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(out / META_NAME)
+    shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
+    return out / META_NAME
+
+
+def check_writable(objective: type[Objective], index: ShardIndex, out: Path) -> None:
+    """Refuse, before any teacher loads, an objective without a teacher, shards of another kind, a written cache."""
+    if not objective.needs_teacher():
+        raise InputError(f"objective {objective.kind!r} uses no teacher: there is nothing to cache")
+    if index.record_kind is not objective.shards:
+        raise InputError(f"objective {objective.kind!r} reads {objective.shards}; {index.folder} holds {index.kind}")
+    if (out / META_NAME).exists():
+        raise ExistingOutput(f"{out / META_NAME} exists: this teacher cache is already written (remove the folder "
+                             "to rebuild it, or write into a fresh folder)")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file; it names the cache folder")
 
 
 def write_cache(
@@ -100,66 +264,22 @@ def write_cache(
     objective: type[Objective],
     shards: str | os.PathLike[str],
     out: str | os.PathLike[str],
-    batch_size: int = 256,
+    window: int = DEFAULT_WINDOW,
+    part_size: int = DEFAULT_PART_SIZE,
     progress: bool = True,
 ) -> Path:
-    """Encode `objective`'s teacher roles for every usable record of `shards` with `teacher` into `out`; returns
-    meta.json's path.
+    """Encode `objective`'s teacher roles for every usable record of `shards` with `teacher` into `out` in one
+    process (every part, then the merge); returns meta.json's path. Parts left by a killed run are kept.
 
-    `teacher` is a loaded `mimo_ds.models.teacher.Teacher` (anything with `encode`, `fingerprint()`, `dim`, `cfg`).
+    `teacher` is a loaded `mimo_ds.models.teacher.Teacher` (anything with `tokenize`, `encode_tokens`,
+    `fingerprint()`, `dim`, `cfg`, `device`, `tokenizer`).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    if not objective.needs_teacher():
-        raise ValueError(f"objective {objective.kind!r} uses no teacher: there is nothing to cache")
     index = read_index(shards)
-    if index.record_kind != objective.shards:
-        raise ValueError(f"objective {objective.kind!r} reads {objective.shards}; {index.folder} holds {index.kind}")
     out = Path(out)
-    if (out / META_NAME).exists():
-        raise FileExistsError(f"{out / META_NAME} exists: write the teacher cache into a fresh folder")
-    out.mkdir(parents=True, exist_ok=True)
-    n, dim, prompts = index.total, teacher.dim, (teacher.cfg.query_prompt, teacher.cfg.passage_prompt)
-    roles = [role.name for role in objective.teacher_roles]
-    arrays = {
-        role: np.lib.format.open_memmap(out / f"{role}.npy", mode="w+", dtype=np.float16, shape=(n, dim))
-        for role in roles
-    }
-    ids: list[bytes] = [b""] * n
-    hashes = np.zeros(n, dtype=np.uint64)
-    skipped: Counter[str] = Counter()
-    records = _good_records(index, skipped)
-    with tqdm(total=n, desc=f"teacher cache {index.folder.name}", unit="rec", disable=not progress) as bar:
-        while chunk := list(islice(records, batch_size)):
-            rows = np.array([pos for pos, _ in chunk])
-            texts = teacher_texts(objective, [r for _, r in chunk], *prompts)
-            for role, emb in _encode(teacher, texts).items():
-                arrays[role][rows] = emb
-            hashes[rows] = text_hashes(texts)
-            for pos, record in chunk:
-                ids[pos] = record["id"].encode()
-            bar.update(len(chunk))
-    for array in arrays.values():
-        array.flush()
-    np.save(out / IDS_NAME, np.array(ids, dtype=f"S{max(map(len, ids), default=0) or 1}"))
-    np.save(out / HASH_NAME, hashes)
-    meta = {
-        "format": CACHE_FORMAT,
-        "kind": index.kind,
-        "objective": objective.kind,
-        "fingerprint": teacher.fingerprint(),
-        "shards": index.fingerprint(),
-        "shards_folder": str(index.folder),
-        "dim": dim,
-        "count": n,
-        "dtype": "float16",
-        "roles": roles,
-        "skipped": dict(sorted(skipped.items())),
-    }
-    tmp = out / (META_NAME + ".tmp")
-    tmp.write_text(json.dumps(meta, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(out / META_NAME)
-    return out / META_NAME
+    check_writable(objective, index, out)
+    plan = PartPlan(index.total, window, part_size)
+    write_parts(teacher, objective, shards, out, plan, progress=progress)
+    return merge_cache(out, plan, _teacher_identity(teacher, objective, index, window), index)
 
 
 # -- reading and checking ---------------------------------------------------------------------------------------------
@@ -178,9 +298,9 @@ def check_cache(
     dim) or for other shards.
 
     Keys missing from `teacher_fingerprint`, or None there (a run that has not loaded its teacher knows no dim), are
-    not compared; nor is a prompt no role of the objective carries (the query prompt without query roles, the passage prompt
-    without other roles); a cache written before the passage prompt was recorded counts as written without one. Returns the
-    meta on success.
+    not compared; nor is a prompt no role of the objective carries (the query prompt without query roles, the
+    passage prompt without other roles); a cache written before the passage prompt was recorded counts as written
+    without one. Returns the meta on success.
     """
     meta = read_cache_meta(folder)
     diffs = []
