@@ -110,28 +110,18 @@ def heldout_catalogue_parallel(heldout: Files, training: Files, languages: Seque
     return out
 
 
-def sample_entries(passages: Mapping[str, Mapping[str, str]], max_entries: int | None) -> dict[str, dict[str, str]]:
-    """At most `max_entries` entries: those with the smallest ids. An id is a hash of the English msgid, so this is a
-    fixed pseudo-random sample, the same on every machine and independent of the catalogues' order."""
-    if max_entries is not None and max_entries < 1:
-        raise ValueError(f"max_entries must be at least 1, got {max_entries}")
-    return {eid: dict(passages[eid]) for eid in sorted(passages)[:max_entries]}
-
-
 def build_heldout_catalogue_benchmark(out_dir: str | Path, heldout: Files, training: Files,
                                       languages: Sequence[str], *, min_words: int = MIN_ROW_WORDS,
                                       min_languages: int | None = None, name: str = "catalogues-ood-mlir",
-                                      heldout_names: Sequence[str] = (), max_entries: int | None = None) -> Path:
+                                      heldout_names: Sequence[str] = ()) -> Path:
     """Write the benchmark folder from the held-out catalogue files (lang → files), every text of the training
-    catalogues excluded; returns it. `heldout_names` (catalogue ids) are recorded in the metadata; `max_entries`
-    caps the entries (`sample_entries`), so that evaluating every run of a demo stays cheap."""
+    catalogues excluded; returns it. `heldout_names` (catalogue ids) are recorded in the metadata."""
     report = FilterReport()
-    available = heldout_catalogue_parallel(heldout, training, languages, min_words=min_words,
-                                           min_languages=min_languages, report=report)
-    if not available:
+    passages = heldout_catalogue_parallel(heldout, training, languages, min_words=min_words,
+                                          min_languages=min_languages, report=report)
+    if not passages:
         raise ValueError(f"no entries with ≥ {min_words} words translated in "
                          f"{min_languages or len(languages)} of {list(languages)} in the held-out catalogues")
-    passages = sample_entries(available, max_entries)
     bench = halves_benchmark(passages, name)
     documents = Counter(lang for versions in passages.values() for lang in versions)
     bench.meta.update({
@@ -140,7 +130,6 @@ def build_heldout_catalogue_benchmark(out_dir: str | Path, heldout: Files, train
         "heldout_catalogues": sorted(heldout_names) or sorted({catalogue_id(p) for ps in heldout.values() for p in ps}),
         "query": "mimo_ds.data.gettext.half_text (as the stage-2 rows)", "exclude_self": True,
         "min_words": min_words, "min_languages": min_languages, "entries": len(passages),
-        "entries_available": len(available), "max_entries": max_entries,
         "documents_per_language": dict(sorted(documents.items())),
         SHARED: {lang: counts["dropped"].get(SHARED, 0)
                  for lang, counts in report.as_dict(None)["languages"].items()},
@@ -151,7 +140,7 @@ def build_heldout_catalogue_benchmark(out_dir: str | Path, heldout: Files, train
 def build_heldout_sources_benchmark(out_dir: str | Path, heldout_sources: Sequence[str],
                                     training_sources: Sequence[str], languages: Sequence[str], *,
                                     min_words: int = MIN_ROW_WORDS, min_languages: int | None = None,
-                                    name: str = "catalogues-ood-mlir", max_entries: int | None = None) -> Path:
+                                    name: str = "catalogues-ood-mlir") -> Path:
     """The benchmark from whole wheel sources (`mimo_ds.data.wheels.SOURCES` names) that training does not read,
     e.g. training on django, wagtail and jupyterlab (`build_pairs`/`build_rows` take the sources) and evaluating
     on allauth and rest_framework."""
@@ -162,5 +151,4 @@ def build_heldout_sources_benchmark(out_dir: str | Path, heldout_sources: Sequen
     held_files, _ = split_catalogues(held, held)
     _, training_files = split_catalogues(training, ())
     return build_heldout_catalogue_benchmark(out_dir, held_files, training_files, languages, min_words=min_words,
-                                             min_languages=min_languages, name=name, heldout_names=sorted(held),
-                                             max_entries=max_entries)
+                                             min_languages=min_languages, name=name, heldout_names=sorted(held))
