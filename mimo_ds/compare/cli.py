@@ -49,7 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     compare = subparsers.add_parser(
         "compare", help="compare MLflow runs in a table and an HTML report",
-        description="Select runs by experiment, tags or run ids; print a table of final metrics; "
+        description="Select runs by experiment, tags or run ids; print a table of final metrics (and, for runs "
+                    "tagged mimo.arm/mimo.seed that repeat an arm, its mean ± standard deviation over seeds); "
                     "optionally write one self-contained HTML report with loss curves and evaluation plots.")
     compare.add_argument("--tracking-uri", help=store_help)
     compare.add_argument("--experiment", "-e", action="append", help="experiment name (repeatable; default mimo-ds)")
@@ -79,7 +80,15 @@ def run_compare(args: argparse.Namespace) -> int:
 
     from mimo_ds.compare.report import write_report
     from mimo_ds.compare.selection import RunSelection, SelectionError, select_runs
-    from mimo_ds.compare.table import DEFAULT_METRIC_PATTERNS, build_table, choose_metrics, render_table
+    from mimo_ds.compare.table import (
+        DEFAULT_METRIC_PATTERNS,
+        build_table,
+        choose_metrics,
+        group_arms,
+        render_arm_table,
+        render_table,
+        repeated,
+    )
 
     console, errors = Console(), Console(stderr=True)
     uri = store_uri(args.tracking_uri)
@@ -99,6 +108,8 @@ def run_compare(args: argparse.Namespace) -> int:
     table = build_table(runs, metrics, args.group_by)
     wide = Console(width=max(console.width, 90 + sum(len(m) + 3 for m in table.metrics)))  # never squash to '…'
     wide.print(render_table(table))
+    if repeated(arms := group_arms(table.runs)):
+        wide.print(render_arm_table(arms, table.metrics))
     if args.html:
         console.print(f"report: {write_report(args.html, client, table, uri)}")
     return 0

@@ -3,6 +3,11 @@
 Figures are built with `matplotlib.figure.Figure` directly, not pyplot: no global figure registry, no GUI backend,
 nothing left open between reports. Each function returns None when no run has the data, so the report can say so
 instead of showing an empty axis.
+
+The evaluation figures draw arms (`mimo_ds.compare.table.Arm`: the runs of one arm over its seeds, or a single
+run): each bar or point is the arm's mean, with an error bar of ± one sample standard deviation over its seeds
+where it has more than one run. Loss curves stay per run (every seed's curve). The `*_figure` functions return the
+Matplotlib figure itself (tests read the drawn bars and error bars off it); the others its PNG.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from mimo_ds.compare.table import run_label, run_tag
+from mimo_ds.compare.aggregate import Stat
+from mimo_ds.compare.table import Arm, run_label, run_tag
 from mimo_ds.tracking import TAG_LAMBDA, TAG_OBJECTIVE, TAG_STAGE, swept_of
 
 LOSS_PATTERN = "*loss*"
@@ -72,25 +78,46 @@ def loss_curves(client: MlflowClient, runs: list[Run]) -> dict[str, bytes]:
     return figures
 
 
-def ndcg_bars(runs: list[Run]) -> bytes | None:
+def _mean(arm: Arm, metric: str) -> float:
+    stat = arm.stat(metric)
+    return stat.mean if stat is not None else math.nan
+
+
+def _spread(arm: Arm, metric: str) -> float:
+    """± one standard deviation; NaN (no bar drawn) for a single run or a metric not logged."""
+    stat: Stat | None = arm.stat(metric)
+    return stat.std if stat is not None and stat.std is not None else math.nan
+
+
+def _benchmarks(arms: list[Arm], suffix: str) -> list[str]:
+    return sorted({key[: -len(suffix)] for arm in arms for run in arm.runs for key in run.data.metrics
+                   if key.endswith(suffix) and not _per_language(key)})
+
+
+def ndcg_figure(arms: list[Arm]) -> Figure | None:
     """Grouped bars: one group per benchmark (`<benchmark>/ndcg_at_20`, and `<benchmark>/xself/ndcg_at_20` as its own
-    group; per-language breakdowns left out), one bar per run."""
-    benchmarks = sorted({key[: -len(NDCG_SUFFIX)] for run in runs for key in run.data.metrics
-                         if key.endswith(NDCG_SUFFIX) and not _per_language(key)})
+    group; per-language breakdowns left out), one bar per arm with its spread over seeds."""
+    benchmarks = _benchmarks(arms, NDCG_SUFFIX)
     if not benchmarks:
         return None
-    fig = Figure(figsize=(max(6.0, 1.2 * len(benchmarks) * max(1, len(runs)) / 2), 4), layout="constrained")
+    fig = Figure(figsize=(max(6.0, 1.2 * len(benchmarks) * max(1, len(arms)) / 2), 4), layout="constrained")
     ax = fig.subplots()
-    width = 0.8 / len(runs)
-    for index, run in enumerate(runs):
-        heights = [run.data.metrics.get(f"{b}{NDCG_SUFFIX}", math.nan) for b in benchmarks]
-        positions = [b + (index - (len(runs) - 1) / 2) * width for b in range(len(benchmarks))]
-        ax.bar(positions, heights, width=width, label=run_label(run))
+    width = 0.8 / len(arms)
+    for index, arm in enumerate(arms):
+        keys = [f"{b}{NDCG_SUFFIX}" for b in benchmarks]
+        positions = [b + (index - (len(arms) - 1) / 2) * width for b in range(len(benchmarks))]
+        ax.bar(positions, [_mean(arm, k) for k in keys], width=width, label=arm.label,
+               yerr=[_spread(arm, k) for k in keys], capsize=3)
     ax.set_xticks(range(len(benchmarks)), benchmarks)
-    ax.set(ylabel="nDCG@20", title="nDCG@20 per benchmark", ylim=(0, 1))
+    ax.set(ylabel="nDCG@20", title="nDCG@20 per benchmark (± 1 s.d. over seeds)", ylim=(0, 1))
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize="small", ncols=min(4, len(runs)))
-    return to_png(fig)
+    ax.legend(fontsize="small", ncols=min(4, len(arms)))
+    return fig
+
+
+def ndcg_bars(arms: list[Arm]) -> bytes | None:
+    fig = ndcg_figure(arms)
+    return to_png(fig) if fig is not None else None
 
 
 def _per_language(key: str) -> bool:
@@ -98,97 +125,106 @@ def _per_language(key: str) -> bool:
     return "/lang/" in key or "/pair/" in key
 
 
-def scatter_label(run: Run) -> str:
-    """'objective λ=…' when the run has those tags (sweeps differ by them), else the run's name."""
-    parts = [run_tag(run, TAG_OBJECTIVE)] + ([f"λ={run_tag(run, TAG_LAMBDA)}"] if run_tag(run, TAG_LAMBDA) else [])
-    return " ".join(p for p in parts if p) or run_label(run)
+def scatter_label(tags: dict[str, str], fallback: str) -> str:
+    """'objective λ=…' when the tags say so (sweeps differ by them), else `fallback` (the arm's or run's name)."""
+    parts = [tags.get(TAG_OBJECTIVE, "")] + ([f"λ={tags[TAG_LAMBDA]}"] if tags.get(TAG_LAMBDA) else [])
+    return " ".join(p for p in parts if p) or fallback
 
 
-def sweeps(runs: list[Run]) -> dict[tuple[str, str], list[tuple[float, Run]]]:
-    """(objective, swept setting) → that objective's runs in order of the setting, for every setting its objective
-    declares swept (`mimo.swept` tag) that the runs give at least two values."""
-    found: dict[tuple[str, str], list[tuple[float, Run]]] = defaultdict(list)
-    for run in runs:
-        for name, value in swept_of(run.data.tags).items():
-            found[(run_tag(run, TAG_OBJECTIVE), name)].append((float(value), run))
+def sweeps(arms: list[Arm]) -> dict[tuple[str, str], list[tuple[float, Arm]]]:
+    """(objective, swept setting) → that objective's arms in order of the setting, for every setting its objective
+    declares swept (`mimo.swept` tag, shared by the arm's runs) that the arms give at least two values."""
+    found: dict[tuple[str, str], list[tuple[float, Arm]]] = defaultdict(list)
+    for arm in arms:
+        tags = arm.tags
+        for name, value in swept_of(tags).items():
+            found[(tags.get(TAG_OBJECTIVE, ""), name)].append((float(value), arm))
     return {key: sorted(sweep, key=lambda item: item[0]) for key, sweep in sorted(found.items())
             if len({value for value, _ in sweep}) > 1}
 
 
-def sweep_curves(runs: list[Run]) -> bytes | None:
-    """One panel per sweep: each benchmark's nDCG@20 against the swept setting, one line per benchmark."""
-    found = sweeps(runs)
-    benchmarks = sorted({key[: -len(NDCG_SUFFIX)] for run in runs for key in run.data.metrics
-                         if key.endswith(NDCG_SUFFIX) and not _per_language(key)})
+def sweep_curves(arms: list[Arm]) -> bytes | None:
+    """One panel per sweep: each benchmark's nDCG@20 (mean, ± 1 s.d. over seeds) against the swept setting."""
+    found = sweeps(arms)
+    benchmarks = _benchmarks(arms, NDCG_SUFFIX)
     if not found or not benchmarks:
         return None
     fig, axes = _grid(len(found))
     for ax, ((objective, name), sweep) in zip(axes, found.items()):
         for benchmark in benchmarks:
-            points = [(value, run.data.metrics[f"{benchmark}{NDCG_SUFFIX}"]) for value, run in sweep
-                      if f"{benchmark}{NDCG_SUFFIX}" in run.data.metrics]
+            key = f"{benchmark}{NDCG_SUFFIX}"
+            points = [(value, _mean(arm, key), _spread(arm, key)) for value, arm in sweep if arm.stat(key)]
             if points:
-                ax.plot(*zip(*points), marker="o", label=benchmark)
+                x, y, err = zip(*points)
+                ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=benchmark)
         ax.set(title=f"{objective}: {name} sweep", xlabel=name, ylabel="nDCG@20")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     return to_png(fig)
 
 
-def alignment_uniformity(runs: list[Run]) -> bytes | None:
-    """One panel per benchmark with both `<benchmark>/alignment` and `/uniformity`: one labelled point per run, and
-    the runs of each sweep joined by a line in order of the swept setting."""
-    benchmarks = sorted({key[: -len(ALIGNMENT_SUFFIX)] for run in runs for key in run.data.metrics
+def alignment_uniformity_figure(arms: list[Arm]) -> Figure | None:
+    """One panel per benchmark with both `<benchmark>/alignment` and `/uniformity`: one labelled point per arm (its
+    means, with ± 1 s.d. over seeds on both axes), and the arms of each sweep joined by a line in order of the
+    swept setting."""
+    benchmarks = sorted({key[: -len(ALIGNMENT_SUFFIX)] for arm in arms for run in arm.runs for key in run.data.metrics
                          if key.endswith(ALIGNMENT_SUFFIX)
                          and f"{key[: -len(ALIGNMENT_SUFFIX)]}{UNIFORMITY_SUFFIX}" in run.data.metrics})
     if not benchmarks:
         return None
     fig, axes = _grid(len(benchmarks), width=5.5, height=4.5)
     for ax, benchmark in zip(axes, benchmarks):
-        for run in runs:
-            metrics = run.data.metrics
-            x, y = metrics.get(f"{benchmark}{ALIGNMENT_SUFFIX}"), metrics.get(f"{benchmark}{UNIFORMITY_SUFFIX}")
-            if x is None or y is None:
+        x_key, y_key = f"{benchmark}{ALIGNMENT_SUFFIX}", f"{benchmark}{UNIFORMITY_SUFFIX}"
+        for arm in arms:
+            if arm.stat(x_key) is None or arm.stat(y_key) is None:
                 continue
-            ax.scatter([x], [y], s=40)
-            ax.annotate(scatter_label(run), (x, y), textcoords="offset points", xytext=(5, 5), fontsize="small")
-        for (objective, name), sweep in sweeps(runs).items():
-            points = [(run.data.metrics.get(f"{benchmark}{ALIGNMENT_SUFFIX}"),
-                       run.data.metrics.get(f"{benchmark}{UNIFORMITY_SUFFIX}")) for _, run in sweep]
-            points = [(x, y) for x, y in points if x is not None and y is not None]
+            x, y = _mean(arm, x_key), _mean(arm, y_key)
+            ax.errorbar([x], [y], xerr=[_spread(arm, x_key)], yerr=[_spread(arm, y_key)], fmt="o", capsize=3)
+            ax.annotate(scatter_label(arm.tags, arm.label), (x, y), textcoords="offset points", xytext=(5, 5),
+                        fontsize="small")
+        for (objective, name), sweep in sweeps(arms).items():
+            points = [(_mean(arm, x_key), _mean(arm, y_key)) for _, arm in sweep
+                      if arm.stat(x_key) is not None and arm.stat(y_key) is not None]
             if len(points) > 1:
                 ax.plot(*zip(*points), linestyle="--", zorder=0, label=f"{objective} {name} sweep ({name} ↑)")
                 ax.legend(fontsize="small")
         ax.set(title=benchmark, xlabel="alignment (lower is better)", ylabel="uniformity (lower is better)")
         ax.grid(alpha=0.3)
         ax.margins(0.2)
-    return to_png(fig)
+    return fig
 
 
-def language_clustering(runs: list[Run]) -> bytes | None:
+def alignment_uniformity(arms: list[Arm]) -> bytes | None:
+    fig = alignment_uniformity_figure(arms)
+    return to_png(fig) if fig is not None else None
+
+
+def language_clustering(arms: list[Arm]) -> bytes | None:
     """Per benchmark protocol with `<...>/lang/<a>/own_language_share_at_20`: grouped bars, one group per query
-    language and one bar per run (the share of the top 20 in the query's own language), and the share a
-    language-blind ranking would give as a dashed line."""
-    prefixes = sorted({key.split("/lang/")[0] for run in runs for key in run.data.metrics
+    language and one bar per arm (the share of the top 20 in the query's own language, ± 1 s.d. over seeds), and
+    the share a language-blind ranking would give as a dashed line."""
+    prefixes = sorted({key.split("/lang/")[0] for arm in arms for run in arm.runs for key in run.data.metrics
                        if fnmatchcase(key, SHARE_PATTERN)})
     if not prefixes:
         return None
-    fig, axes = _grid(len(prefixes), width=max(6.0, 0.9 * len(runs) + 4), height=4.0)
+    fig, axes = _grid(len(prefixes), width=max(6.0, 0.9 * len(arms) + 4), height=4.0)
     for ax, prefix in zip(axes, prefixes):
         suffix = "/own_language_share_at_20"
-        langs = sorted({key[len(prefix) + 6 : -len(suffix)] for run in runs for key in run.data.metrics
-                        if key.startswith(f"{prefix}/lang/") and key.endswith(suffix)})
-        width = 0.8 / len(runs)
-        for index, run in enumerate(runs):
-            heights = [run.data.metrics.get(f"{prefix}/lang/{lang}{suffix}", math.nan) for lang in langs]
-            positions = [i + (index - (len(runs) - 1) / 2) * width for i in range(len(langs))]
-            ax.bar(positions, heights, width=width, label=run_label(run))
-        blind = [run.data.metrics[f"{prefix}{BLIND_SUFFIX}"] for run in runs if f"{prefix}{BLIND_SUFFIX}" in run.data.metrics]
+        langs = sorted({key[len(prefix) + 6 : -len(suffix)] for arm in arms for run in arm.runs
+                        for key in run.data.metrics if key.startswith(f"{prefix}/lang/") and key.endswith(suffix)})
+        width = 0.8 / len(arms)
+        for index, arm in enumerate(arms):
+            keys = [f"{prefix}/lang/{lang}{suffix}" for lang in langs]
+            positions = [i + (index - (len(arms) - 1) / 2) * width for i in range(len(langs))]
+            ax.bar(positions, [_mean(arm, k) for k in keys], width=width, label=arm.label,
+                   yerr=[_spread(arm, k) for k in keys], capsize=2)
+        blind = [run.data.metrics[f"{prefix}{BLIND_SUFFIX}"] for arm in arms for run in arm.runs
+                 if f"{prefix}{BLIND_SUFFIX}" in run.data.metrics]
         if blind:
             ax.axhline(sum(blind) / len(blind), linestyle="--", color="grey", label="language-blind")
         ax.set_xticks(range(len(langs)), langs)
         ax.set(title=f"{prefix}: own-language share of the top 20", xlabel="query language", ylabel="share",
                ylim=(0, 1))
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize="x-small", ncols=min(3, len(runs) + 1))
+        ax.legend(fontsize="x-small", ncols=min(3, len(arms) + 1))
     return to_png(fig)

@@ -1,7 +1,8 @@
 """`mimo-ds compare --html`: one self-contained HTML file (CSS inline, figures as base64 PNG, no network).
 
 One file because reports get mailed, attached to issues and archived next to results; a folder of images or a CDN
-script would break in all three places.
+script would break in all three places. When runs repeat an arm over seeds, an "Arms over seeds" table follows the
+per-run one and the evaluation figures show each arm's mean with ± 1 standard deviation error bars.
 """
 
 from __future__ import annotations
@@ -15,7 +16,17 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from mimo_ds.compare import plots
-from mimo_ds.compare.table import INFO_TAGS, ComparisonTable, format_value, run_label, run_tag
+from mimo_ds.compare.aggregate import format_stat
+from mimo_ds.compare.table import (
+    INFO_TAGS,
+    Arm,
+    ComparisonTable,
+    format_value,
+    group_arms,
+    repeated,
+    run_label,
+    run_tag,
+)
 from mimo_ds.tracking import TAG_PARENT
 
 _STYLE = """
@@ -51,6 +62,19 @@ def _metrics_table(table: ComparisonTable) -> str:
     return f'<div class="wide"><table id="metrics"><tr>{head}</tr>{"".join(rows)}</table></div>'
 
 
+def _arms_table(arms: list[Arm], metrics: list[str]) -> str:
+    """The over-seeds table: one row per arm, each metric as mean ± sample standard deviation."""
+    head = "".join(f"<th>{escape(h)}</th>" for h in ["arm", "runs", "seeds", *(t for _, t in INFO_TAGS), *metrics])
+    rows = []
+    for arm in arms:
+        tags = arm.tags
+        cells = [escape(arm.label), str(len(arm.runs)), escape(",".join(arm.seeds)),
+                 *(escape(tags.get(key, "")) for key, _ in INFO_TAGS)]
+        numbers = "".join(f'<td class="num">{escape(format_stat(arm.stat(m)))}</td>' for m in metrics)
+        rows.append(f"<tr>{''.join(f'<td>{c}</td>' for c in cells)}{numbers}</tr>")
+    return f'<div class="wide"><table id="arms"><tr>{head}</tr>{"".join(rows)}</table></div>'
+
+
 def _runs_table(client: MlflowClient, runs: list[Run]) -> str:
     experiments = {i: client.get_experiment(i).name for i in {run.info.experiment_id for run in runs}}
     rows = []
@@ -70,6 +94,10 @@ def _figure_or_note(png: bytes | None, alt: str, note: str) -> str:
 def render_report(client: MlflowClient, table: ComparisonTable, tracking_uri: str) -> str:
     """The whole report as one HTML string."""
     runs = table.runs
+    arms = group_arms(runs)
+    over_seeds = (f"<h2>Arms over seeds</h2>\n<p>Each arm's runs (one per seed): mean ± sample standard deviation "
+                  f"(n − 1); n/a where an arm has one run.</p>\n{_arms_table(arms, table.metrics)}"
+                  if repeated(arms) else "")
     curves = plots.loss_curves(client, runs)
     curve_html = "".join(_img(png, f"loss curves, stage {stage}") for stage, png in curves.items()) or (
         '<p class="note">No run logged a loss metric.</p>')
@@ -81,20 +109,21 @@ def render_report(client: MlflowClient, table: ComparisonTable, tracking_uri: st
 <p>{len(runs)} runs from <code>{escape(tracking_uri)}</code>, generated {generated}.</p>
 <h2>Final metrics</h2>
 {_metrics_table(table)}
+{over_seeds}
 <h2>Loss curves</h2>
 {curve_html}
 <h2>nDCG@20 per benchmark</h2>
-{_figure_or_note(plots.ndcg_bars(runs), "nDCG@20 per benchmark", "No run logged <benchmark>/ndcg_at_20.")}
+{_figure_or_note(plots.ndcg_bars(arms), "nDCG@20 per benchmark", "No run logged <benchmark>/ndcg_at_20.")}
 <h2>Sweeps</h2>
-{_figure_or_note(plots.sweep_curves(runs), "nDCG@20 along each sweep",
+{_figure_or_note(plots.sweep_curves(arms), "nDCG@20 along each sweep",
                  "No objective's runs differ by a setting it declares swept.")}
 <h2>Alignment and uniformity</h2>
-{_figure_or_note(plots.alignment_uniformity(runs), "alignment vs uniformity",
+{_figure_or_note(plots.alignment_uniformity(arms), "alignment vs uniformity",
                  "No run logged both <benchmark>/alignment and <benchmark>/uniformity.")}
 <h2>Language clustering</h2>
 <p>Share of each query's top 20 in the query's own language, by query language (lower is less clustered; the dashed
 line is what a language-blind ranking would give).</p>
-{_figure_or_note(plots.language_clustering(runs), "own-language share of the top 20 per query language",
+{_figure_or_note(plots.language_clustering(arms), "own-language share of the top 20 per query language",
                  "No run logged <benchmark>/lang/<language>/own_language_share_at_20.")}
 <h2>Runs</h2>
 {_runs_table(client, runs)}

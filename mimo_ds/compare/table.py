@@ -1,4 +1,6 @@
-"""The comparison table: one row per run, the run's identifying tags, then the chosen metrics' final values.
+"""The comparison table: one row per run, the run's identifying tags, then the chosen metrics' final values; and
+when runs repeat an arm over seeds (`mimo.arm` / `mimo.seed` tags, `mimo_ds.compare.aggregate`), one row per arm
+with each metric's mean ± standard deviation over its seeds.
 
 Values come straight from MLflow (`run.data.metrics` holds each metric's value at its last step), so the terminal
 table and the HTML report show the same numbers the MLflow UI does.
@@ -10,10 +12,12 @@ import math
 from dataclasses import dataclass
 from difflib import get_close_matches
 from fnmatch import fnmatchcase
+from functools import cached_property
 
 from mlflow.entities import Run
 from rich.table import Table
 
+from mimo_ds.compare.aggregate import TAG_ARM, TAG_SEED, Stat, aggregate, format_stat
 from mimo_ds.compare.selection import SelectionError
 from mimo_ds.tracking import TAG_GROUP, TAG_LAMBDA, TAG_OBJECTIVE, TAG_STAGE, sanitize_name
 
@@ -109,4 +113,62 @@ def render_table(table: ComparisonTable) -> Table:
         )
         out.add_row(run_label(run), run.info.run_id[:8], *(run_tag(run, key) for key, _ in INFO_TAGS),
                     *(format_value(value) for value in row), end_section=last_of_group)
+    return out
+
+
+@dataclass(frozen=True)
+class Arm:
+    """The runs of one arm (one `mimo.arm` tag value, its seeds in start order), or one run without that tag."""
+
+    label: str
+    runs: tuple[Run, ...]
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """The tags every run of the arm shares (objective, λ, swept settings; not the seed)."""
+        first, *rest = self.runs
+        return {k: v for k, v in first.data.tags.items() if all(r.data.tags.get(k) == v for r in rest)}
+
+    @property
+    def seeds(self) -> list[str]:
+        return [run_tag(run, TAG_SEED) for run in self.runs if run_tag(run, TAG_SEED)]
+
+    @cached_property
+    def stats(self) -> dict[str, Stat]:
+        return aggregate([run.data.metrics for run in self.runs])
+
+    def stat(self, metric: str) -> Stat | None:
+        return self.stats.get(metric)
+
+
+def group_arms(runs: list[Run]) -> list[Arm]:
+    """Runs → arms in the order each arm's first run started; a run without a `mimo.arm` tag is an arm of its own,
+    labelled by its name."""
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        arm = run_tag(run, TAG_ARM)
+        groups.setdefault(("arm", arm) if arm else ("run", run.info.run_id), []).append(run)
+    return [Arm(key if kind == "arm" else run_label(members[0]), tuple(members))
+            for (kind, key), members in groups.items()]
+
+
+def repeated(arms: list[Arm]) -> bool:
+    """Whether some arm holds more than one run (then the over-seeds table is worth showing)."""
+    return any(len(arm.runs) > 1 for arm in arms)
+
+
+def render_arm_table(arms: list[Arm], metrics: list[str]) -> Table:
+    """One row per arm: its seeds, the tags its runs share, each metric's mean ± sample standard deviation."""
+    out = Table(title="mimo-ds arms over seeds (mean ± sample standard deviation; n/a: one run)")
+    out.add_column("arm", style="bold", no_wrap=True)
+    out.add_column("runs", justify="right")
+    out.add_column("seeds")
+    for _, title in INFO_TAGS:
+        out.add_column(title)
+    for metric in metrics:
+        out.add_column(metric, justify="right", no_wrap=True, min_width=len(metric))
+    for arm in arms:
+        tags = arm.tags
+        out.add_row(arm.label, str(len(arm.runs)), ",".join(arm.seeds), *(tags.get(key, "") for key, _ in INFO_TAGS),
+                    *(format_stat(arm.stat(metric)) for metric in metrics))
     return out
