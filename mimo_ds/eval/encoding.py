@@ -132,18 +132,24 @@ def read_st_folder(path: Path) -> dict:
 
 def load_encoder(path: str | Path, *, pooling: str | None = None, query_prompt: str | None = None,
                  passage_prompt: str | None = None, max_length: int | None = None, batch_size: int = 64,
-                 device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> HFEncoder:
+                 device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                 num_layers: int | None = None) -> HFEncoder:
     """Load a sentence-transformers folder (pooling and prompts from its files) or a plain HF model folder
     (mean pooling, no prompts) without any hub access. Explicit arguments override what the folder says.
-    bf16 on a GPU when there is one, float32 on the CPU."""
+    bf16 on a GPU when there is one, float32 on the CPU. `num_layers` keeps the encoder's lower layers, as
+    `student.num_layers` does in training, so an untrained truncated student is evaluated as it will train."""
     from transformers import AutoModel, AutoTokenizer
+
+    from mimo_ds.models.loading import load_encoder as load_model
 
     path = check_model_folder(path)
     info = read_st_folder(path) if (path / "modules.json").exists() else {"transformer": path}
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     try:  # transformers says what is missing or wrong in the folder (OSError) or its config (ValueError)
-        model = AutoModel.from_pretrained(info["transformer"], dtype=dtype)
+        model = AutoModel.from_pretrained(info["transformer"], dtype=dtype) if num_layers is None else \
+            load_model(str(info["transformer"]), random_init=None, attn_implementation="sdpa", dtype=dtype,
+                       num_layers=num_layers)
         tokenizer = AutoTokenizer.from_pretrained(info["transformer"])
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot load the model: {_first_line(exc)}") from exc
