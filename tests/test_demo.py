@@ -7,8 +7,8 @@ demo's texts; the whole model as the English teacher). Fast tests check what nee
 wiring, the Markdown's aggregates against numpy, and that training and the out-of-domain benchmark read disjoint
 wheels, never a reserved one.
 
-The trained MIMO student is compared with its untrained start on what it improves at this budget, language bias and
-alignment; at the demo's budget its nDCG@20 does not beat the start (README, "The demo")."""
+The trained MIMO student is compared with its untrained start: a student that is not yet a cross-lingual retriever
+(README, "Why this student and teacher") must gain retrieval on both benchmarks and lose language bias."""
 
 from __future__ import annotations
 
@@ -126,16 +126,18 @@ def test_both_benchmarks_are_built_and_the_out_of_domain_one_reads_more_language
 
 @pytest.mark.slow
 def test_trained_mimo_beats_its_untrained_start(shortened):
-    """On the held-out benchmark with the query's own copy excluded, the trained MIMO student ranks fewer documents of
-    the query's own language in its top 20 and holds translations closer than its untrained start did, with every
-    seed: the language bias MIMO is for. (Its nDCG@20 does not beat the start at the demo's budget: README, "The
-    demo".)"""
+    """With every seed, the trained MIMO student retrieves better than its untrained start on both benchmarks with
+    the query's own copy excluded (nDCG@20), ranks fewer documents of the query's own language in its top 20 and
+    holds translations closer: the gains MIMO is for, from a start that is not yet a cross-lingual retriever."""
     out, _ = shortened
     report = json.loads((out / demo.REPORT_JSON).read_text())
     start = report["results"][demo.START_LABEL]
-    share, alignment = f"{demo.BENCH_NAME}/xself/own_language_share_at_20", f"{demo.BENCH_NAME}/alignment"
     for entry in report["runs"][MIMO]:
-        assert entry["metrics"][share] < start[share], entry["seed"]
+        for bench in demo.BENCHMARKS.values():
+            ndcg, share = f"{bench}/xself/ndcg_at_20", f"{bench}/xself/own_language_share_at_20"
+            assert entry["metrics"][ndcg] > start[ndcg], (bench, entry["seed"])
+            assert entry["metrics"][share] < start[share], (bench, entry["seed"])
+        alignment = f"{demo.BENCH_NAME}/alignment"
         assert entry["metrics"][alignment] < start[alignment], entry["seed"]
 
 
