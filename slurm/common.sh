@@ -51,14 +51,37 @@ mimo_require_int() {  # NAME VALUE
   [[ $2 =~ ^[0-9]+$ ]] || mimo_die "$1 must be a non-negative integer, got '$2'"
 }
 
+mimo_layout_reset() {  # no dry-run layout given yet
+  MIMO_LAYOUT_GIVEN=0
+  DRY_NODES='' DRY_GPUS='' DRY_TASKS='' DRY_CPUS='' DRY_JOB_ID='' DRY_HOSTS=''
+}
+
+mimo_layout_option() {  # NAME VALUE: one of a dry run's layout options (every stage script takes the same ones)
+  case $1 in
+    --nodes) DRY_NODES=$2 ;;
+    --gpus-per-node) DRY_GPUS=$2 ;;
+    --ntasks-per-node) DRY_TASKS=$2 ;;
+    --cpus-per-task) DRY_CPUS=$2 ;;
+    --job-id) DRY_JOB_ID=$2 ;;
+    --hosts) DRY_HOSTS=$2 ;;
+    *) mimo_die "internal: '$1' is not a layout option" ;;
+  esac
+  MIMO_LAYOUT_GIVEN=1
+}
+
+mimo_check_dry() {  # MIMO_DRY is 0 or 1, and a layout was given only to a dry run
+  [[ $MIMO_DRY =~ ^[01]$ ]] || mimo_die "MIMO_DRY_RUN must be 0 or 1, got '$MIMO_DRY'"
+  [[ $MIMO_DRY == 1 || $MIMO_LAYOUT_GIVEN == 0 ]] ||
+    mimo_die "--nodes/--gpus-per-node/... describe a dry run: add --dry-run (a real job takes its layout from sbatch)"
+}
+
 mimo_parse_args() {
   MIMO_RECIPE=${MIMO_RECIPE:-$MIMO_DEFAULT_RECIPE}
   MIMO_DRY=${MIMO_DRY_RUN:-0}
   read -r -a MIMO_SETS <<<"${MIMO_SET:-}"
   [[ -n ${MIMO_OUTPUT_DIR:-} ]] && MIMO_SETS+=("output_dir=$(realpath -m "$MIMO_OUTPUT_DIR")")
   [[ -n ${MIMO_INIT_FROM:-} ]] && MIMO_SETS+=("init_from=$(realpath -m "$MIMO_INIT_FROM")")
-  MIMO_LAYOUT_GIVEN=0
-  DRY_NODES='' DRY_GPUS='' DRY_TASKS='' DRY_CPUS='' DRY_JOB_ID='' DRY_HOSTS=''
+  mimo_layout_reset
   while (($#)); do
     case $1 in
       -h | --help) mimo_usage; exit 0 ;;
@@ -76,18 +99,11 @@ mimo_parse_args() {
       --set)
         [[ $2 == *=* ]] || mimo_die "--set expects KEY=VALUE, got '$2'"
         MIMO_SETS+=("$2") ;;
-      --nodes) DRY_NODES=$2; MIMO_LAYOUT_GIVEN=1 ;;
-      --gpus-per-node) DRY_GPUS=$2; MIMO_LAYOUT_GIVEN=1 ;;
-      --ntasks-per-node) DRY_TASKS=$2; MIMO_LAYOUT_GIVEN=1 ;;
-      --cpus-per-task) DRY_CPUS=$2; MIMO_LAYOUT_GIVEN=1 ;;
-      --job-id) DRY_JOB_ID=$2; MIMO_LAYOUT_GIVEN=1 ;;
-      --hosts) DRY_HOSTS=$2; MIMO_LAYOUT_GIVEN=1 ;;
+      --nodes | --gpus-per-node | --ntasks-per-node | --cpus-per-task | --job-id | --hosts) mimo_layout_option "$1" "$2" ;;
     esac
     shift 2
   done
-  [[ $MIMO_DRY =~ ^[01]$ ]] || mimo_die "MIMO_DRY_RUN must be 0 or 1, got '$MIMO_DRY'"
-  [[ $MIMO_DRY == 1 || $MIMO_LAYOUT_GIVEN == 0 ]] ||
-    mimo_die "--nodes/--gpus-per-node/... describe a dry run: add --dry-run (a real job takes its layout from sbatch)"
+  mimo_check_dry
 }
 
 mimo_find_python() {

@@ -59,8 +59,7 @@ cache_parse_args() {
   MIMO_DRY=${MIMO_DRY_RUN:-0}
   read -r -a MIMO_SETS <<<"${MIMO_SET:-}"
   CACHE_OPTIONS=()
-  MIMO_LAYOUT_GIVEN=0
-  DRY_NODES='' DRY_GPUS='' DRY_TASKS='' DRY_CPUS='' DRY_JOB_ID='' DRY_HOSTS=''
+  mimo_layout_reset
   while (($#)); do
     case $1 in
       -h | --help) cache_usage; exit 0 ;;
@@ -78,18 +77,11 @@ cache_parse_args() {
       --window | --part-size)
         mimo_require_int "$1" "$2"
         CACHE_OPTIONS+=("$1" "$2") ;;
-      --nodes) DRY_NODES=$2; MIMO_LAYOUT_GIVEN=1 ;;
-      --gpus-per-node) DRY_GPUS=$2; MIMO_LAYOUT_GIVEN=1 ;;
-      --ntasks-per-node) DRY_TASKS=$2; MIMO_LAYOUT_GIVEN=1 ;;
-      --cpus-per-task) DRY_CPUS=$2; MIMO_LAYOUT_GIVEN=1 ;;
-      --job-id) DRY_JOB_ID=$2; MIMO_LAYOUT_GIVEN=1 ;;
-      --hosts) DRY_HOSTS=$2; MIMO_LAYOUT_GIVEN=1 ;;
+      --nodes | --gpus-per-node | --ntasks-per-node | --cpus-per-task | --job-id | --hosts) mimo_layout_option "$1" "$2" ;;
     esac
     shift 2
   done
-  [[ $MIMO_DRY =~ ^[01]$ ]] || mimo_die "MIMO_DRY_RUN must be 0 or 1, got '$MIMO_DRY'"
-  [[ $MIMO_DRY == 1 || $MIMO_LAYOUT_GIVEN == 0 ]] ||
-    mimo_die "--nodes/--gpus-per-node/... describe a dry run: add --dry-run (a real job takes its layout from sbatch)"
+  mimo_check_dry
 }
 
 # The command every rank runs, and the per-rank slices `mimo-ds teacher-cache --plan` prints for this world size

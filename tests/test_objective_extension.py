@@ -14,6 +14,7 @@ from extension import RECIPE, cached_batch, train_with
 
 from mimo_ds.batch import Embedded
 from mimo_ds.compare import plots
+from mimo_ds.compare.table import group_arms
 from mimo_ds.config import ConfigError, load_config
 from mimo_ds.data.teacher_cache import check_run_cache
 from mimo_ds.objectives import build_objective, objective_class
@@ -76,11 +77,12 @@ def test_its_swept_setting_is_tagged_and_drawn_as_a_sweep():
         runs.append(_run(f"sym-{i}", {TAG_OBJECTIVE: "sym_mimo", **sweep_tags(settings.swept_values())}, 1 - lam))
     runs.append(_run("other", {TAG_OBJECTIVE: "infonce"}, 0.5))  # declares no sweep: in no sweep
     assert runs[0].data.tags["mimo.lambda"] == "0.7"
-    found = plots.sweeps(runs)
+    arms = group_arms(runs)
+    found = plots.sweeps(arms)
     assert list(found) == [("sym_mimo", "lambda")]
-    assert [(value, run.info.run_name) for value, run in found[("sym_mimo", "lambda")]] == [
+    assert [(value, arm.label) for value, arm in found[("sym_mimo", "lambda")]] == [
         (0.1, "sym-1"), (0.4, "sym-2"), (0.7, "sym-0")]
-    assert plots.sweep_curves(runs).startswith(b"\x89PNG") and plots.sweep_curves(runs[2:]) is None
+    assert plots.sweep_curves(arms).startswith(b"\x89PNG") and plots.sweep_curves(arms[2:]) is None
 
 
 @pytest.mark.slow
