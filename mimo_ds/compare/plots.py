@@ -15,9 +15,11 @@ from __future__ import annotations
 import io
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from fnmatch import fnmatchcase
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.entities import Run
@@ -102,17 +104,23 @@ def ndcg_figure(arms: list[Arm]) -> Figure | None:
         return None
     fig = Figure(figsize=(max(6.0, 1.2 * len(benchmarks) * max(1, len(arms)) / 2), 4), layout="constrained")
     ax = fig.subplots()
-    width = 0.8 / len(arms)
-    for index, arm in enumerate(arms):
-        keys = [f"{b}{NDCG_SUFFIX}" for b in benchmarks]
-        positions = [b + (index - (len(arms) - 1) / 2) * width for b in range(len(benchmarks))]
-        ax.bar(positions, [_mean(arm, k) for k in keys], width=width, label=arm.label,
-               yerr=[_spread(arm, k) for k in keys], capsize=3)
-    ax.set_xticks(range(len(benchmarks)), benchmarks)
+    _grouped_bars(ax, arms, benchmarks, lambda benchmark: f"{benchmark}{NDCG_SUFFIX}", capsize=3)
     ax.set(ylabel="nDCG@20", title="nDCG@20 per benchmark (± 1 s.d. over seeds)", ylim=(0, 1))
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small", ncols=min(4, len(arms)))
     return fig
+
+
+def _grouped_bars(ax: Axes, arms: list[Arm], groups: list[str], metric: Callable[[str], str], capsize: int) -> None:
+    """One group of bars per entry of `groups` (labelled on the x axis), one bar per arm: the arm's mean of
+    `metric(group)` with its spread over seeds as the error bar."""
+    width = 0.8 / len(arms)
+    for index, arm in enumerate(arms):
+        keys = [metric(group) for group in groups]
+        positions = [i + (index - (len(arms) - 1) / 2) * width for i in range(len(groups))]
+        ax.bar(positions, [_mean(arm, k) for k in keys], width=width, label=arm.label,
+               yerr=[_spread(arm, k) for k in keys], capsize=capsize)
+    ax.set_xticks(range(len(groups)), groups)
 
 
 def ndcg_bars(arms: list[Arm]) -> bytes | None:
@@ -212,12 +220,7 @@ def language_clustering(arms: list[Arm]) -> bytes | None:
         suffix = "/own_language_share_at_20"
         langs = sorted({key[len(prefix) + 6 : -len(suffix)] for arm in arms for run in arm.runs
                         for key in run.data.metrics if key.startswith(f"{prefix}/lang/") and key.endswith(suffix)})
-        width = 0.8 / len(arms)
-        for index, arm in enumerate(arms):
-            keys = [f"{prefix}/lang/{lang}{suffix}" for lang in langs]
-            positions = [i + (index - (len(arms) - 1) / 2) * width for i in range(len(langs))]
-            ax.bar(positions, [_mean(arm, k) for k in keys], width=width, label=arm.label,
-                   yerr=[_spread(arm, k) for k in keys], capsize=2)
+        _grouped_bars(ax, arms, langs, lambda lang: f"{prefix}/lang/{lang}{suffix}", capsize=2)
         blind = [run.data.metrics[f"{prefix}{BLIND_SUFFIX}"] for arm in arms for run in arm.runs
                  if f"{prefix}{BLIND_SUFFIX}" in run.data.metrics]
         if blind:
