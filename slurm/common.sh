@@ -275,7 +275,6 @@ mimo_rank_line() {  # RANK LOCAL_RANK NODE_RANK: the exact command line of one r
 }
 
 mimo_print_plan() {  # $1: all (every rank) or first (rank 0 only, the header of a real job's log)
-  local node local_rank rank
   echo "mimo-ds stage $MIMO_STAGE launch plan$( ((MIMO_DRY)) && echo ' (dry run: nothing is started)')"
   echo "  recipe      $MIMO_RECIPE ($CFG_name)"
   echo "  output_dir  $CFG_output_dir"
@@ -285,6 +284,13 @@ mimo_print_plan() {  # $1: all (every rank) or first (rank 0 only, the header of
     "backend $MIMO_BACKEND (DS_ACCELERATOR=$MIMO_ACCELERATOR), $MIMO_THREADS CPU(s) per task"
   echo "  rendezvous  MASTER_ADDR=$MIMO_MASTER_ADDR MASTER_PORT=$MIMO_MASTER_PORT" \
     "(port = $MIMO_PORT_BASE + job id mod $MIMO_PORT_SPAN unless MIMO_MASTER_PORT is set)"
+  mimo_print_ranks "$1"
+}
+
+# The srun line and each rank's command under its node; $1: all or first (rank 0 only); $2 (optional): a function
+# given RANK that prints more about that rank (the teacher cache's slice).
+mimo_print_ranks() {
+  local node local_rank rank
   printf '  launch     '
   printf ' %q' "${MIMO_SRUN[@]}"
   printf '\n'
@@ -293,6 +299,7 @@ mimo_print_plan() {  # $1: all (every rank) or first (rank 0 only, the header of
     for ((local_rank = 0; local_rank < MIMO_TPN; local_rank++)); do
       rank=$((node * MIMO_TPN + local_rank))  # srun --distribution=block: node n holds ranks n*T .. n*T+T-1
       echo "  rank $rank: $(mimo_rank_line "$rank" "$local_rank" "$node")"
+      [[ -z ${2:-} ]] || "$2" "$rank"
       [[ $1 == all ]] || return 0
     done
   done

@@ -106,26 +106,16 @@ cache_plan() {
 }
 
 cache_print_plan() {  # $1: all (every rank) or first (rank 0 only, the header of a real job's log)
-  local node local_rank rank
   echo "mimo-ds teacher cache launch plan$( ((MIMO_DRY)) && echo ' (dry run: nothing is started)')"
   echo "  recipe      $MIMO_RECIPE"
   echo "  cache       $CACHE_DIR (parts in $CACHE_DIR/parts until rank 0 merges them)"
   echo "  job $MIMO_JOB_ID: $MIMO_NODES node(s) x $MIMO_TPN task(s) = world size $MIMO_WORLD, one srun task per GPU," \
     "$MIMO_THREADS CPU(s) per task"
   echo "  rendezvous  MASTER_ADDR=$MIMO_MASTER_ADDR MASTER_PORT=$MIMO_MASTER_PORT (one gloo barrier before the merge)"
-  printf '  launch     '
-  printf ' %q' "${MIMO_SRUN[@]}"
-  printf '\n'
-  for ((node = 0; node < MIMO_NODES; node++)); do
-    echo "node $node (${MIMO_HOSTS[node]}):"
-    for ((local_rank = 0; local_rank < MIMO_TPN; local_rank++)); do
-      rank=$((node * MIMO_TPN + local_rank))
-      echo "  rank $rank: $(mimo_rank_line "$rank" "$local_rank" "$node")"
-      echo "    slice: ${CACHE_SLICES[rank]}"
-      [[ $1 == all ]] || return 0
-    done
-  done
+  mimo_print_ranks "$1" cache_print_slice
 }
+
+cache_print_slice() { echo "    slice: ${CACHE_SLICES[$1]}"; }
 
 mimo_finished_note() { echo "the teacher cache is in $CACHE_DIR (train with --set data.teacher_cache=$CACHE_DIR)"; }
 mimo_preempted_note() {
