@@ -67,3 +67,9 @@ def test_minilm_cli_report_matches_sentence_transformers(mini, tmp_path):
     m = report["benchmarks"]["django-mini-mlir"]["metrics"]
     assert 0 < m["ndcg_at_20"] < 1 and -100 <= m["mrc_at_10"] <= 100 and 0 < m["peer_at_20"] <= 1
     assert (tmp_path / "fig" / "django-mini-mlir.png").exists()
+    png = (tmp_path / "fig" / "django-mini-mlir.png").read_bytes()
+    again = parser.parse_args(["eval", "--model", str(model), "--benchmark", str(mini), "--figures",
+                               str(tmp_path / "fig"), "--device", "cpu"])
+    with pytest.raises(FileExistsError, match="django-mini-mlir.png exist.*--overwrite"):
+        again.func(again)
+    assert (tmp_path / "fig" / "django-mini-mlir.png").read_bytes() == png

@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--model", required=True, type=Path, help="HF or sentence-transformers model folder")
     ev.add_argument("--benchmark", required=True, nargs="+", type=Path, help="benchmark folder(s)")
     ev.add_argument("--out", type=Path, help="write the JSON report here")
-    ev.add_argument("--overwrite", action="store_true", help="--out may replace an existing report")
+    ev.add_argument("--overwrite", action="store_true",
+                    help="--out may replace an existing report, and --figures existing PNGs")
     ev.add_argument("--figures", type=Path, help="write one language-clustering PNG per benchmark into this folder")
     ev.add_argument("--batch-size", type=positive_int, default=64)
     ev.add_argument("--k", type=positive_int, nargs="+", default=[10, 20, 100], help="cut-offs for nDCG, Recall, MRR")
@@ -111,6 +112,11 @@ def run_eval(args: argparse.Namespace) -> int:
     names = [b.name for b in benches]
     if len(set(names)) != len(names):
         raise InputError(f"benchmark names must differ (set `name` in benchmark.json): {names}")
+    existing = [str(args.figures / f"{name}.png") for name in names
+                if args.figures is not None and (args.figures / f"{name}.png").exists()]
+    if existing and not args.overwrite:
+        raise ExistingOutput(f"--figures: {', '.join(existing)} exist: give another folder, or replace them with "
+                             "--overwrite (nothing was changed)")
     for bench in benches:
         resolve_exclude_self(bench, args.exclude_self)
     device = args.device
