@@ -44,7 +44,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mimo_ds.cli_args import positive_int
-from mimo_ds.compare.aggregate import TAG_ARM, TAG_SEED, Stat, aggregate, format_stat
+from mimo_ds.compare.aggregate import TAG_ARM, TAG_SEED, Stat, aggregate, format_stat, separated
 from mimo_ds.errors import ExistingOutput, InputError
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "demo"
@@ -110,6 +110,7 @@ FULL_RUNS = (
 )
 ARMS = {plan.folder: plan for plan in DEFAULT_RUNS + FULL_RUNS}
 START_LABEL = "start (untrained)"
+REFERENCE = DEFAULT_RUNS[0].label  # the MIMO arm the other rows are set against in demo_report.md
 OWNED = ("data", "bench", "bench-ood", "start", "stage1", *ARMS, "mlflow.db", "mlartifacts", REPORT_JSON,
          REPORT_HTML, REPORT_MD)
 SEED_FOLDER = re.compile(r"seed\d+")  # with --seeds N > 1 each seed's runs live in <out>/seed<seed>/
@@ -207,11 +208,18 @@ def prepare_data(out: Path, languages: tuple[str, ...], pairs_per_language: int)
     """Stage-1 pairs and stage-2 rows from the training sources' catalogues, the in-domain benchmark from their
     held-out split and the out-of-domain one from the held-out sources; the two benchmark folders."""
     from mimo_ds.data.wheels import build_pairs, build_rows
-    from mimo_ds.eval.heldout_catalogues import build_heldout_sources_benchmark
-    from mimo_ds.eval.mini import build_wheels_benchmark
 
     build_pairs(out / "data" / "pairs", TRAIN_SOURCES, languages, cap_per_language=pairs_per_language)
     build_rows(out / "data" / "rows", TRAIN_SOURCES, languages)
+    return build_benchmarks(out, languages)
+
+
+def build_benchmarks(out: Path, languages: tuple[str, ...]) -> tuple[Path, Path]:
+    """The demo's two benchmark folders under `out` (`bench/`, in domain; `bench-ood/`, out of domain), also what
+    `benchmarks/start_quality.py` measures candidates on."""
+    from mimo_ds.eval.heldout_catalogues import build_heldout_sources_benchmark
+    from mimo_ds.eval.mini import build_wheels_benchmark
+
     bench = build_wheels_benchmark(out / "bench", TRAIN_SOURCES, languages, min_languages=BENCH_MIN_LANGUAGES,
                                    name=BENCH_NAME)
     ood = build_heldout_sources_benchmark(out / "bench-ood", OOD_SOURCES, TRAIN_SOURCES,
@@ -249,6 +257,17 @@ def prepare_student(out: Path, choice: StudentChoice, benches: tuple[Path, ...])
     Console(stderr=True).print(f"student: {choice.path} trimmed to the demo's texts: {sizes['vocab_after']:,} of "
                                f"{sizes['vocab_before']:,} pieces (identical tokens on all {sizes['texts']:,} texts)")
     return str(out / "start")
+
+
+def common_overrides(student: str, choice: StudentChoice, benches: tuple[Path, ...] | list[Path],
+                     tracking_uri: str | None) -> list[str]:
+    """The `--set` overrides every demo run shares: its benchmarks, the prepared student and its prompts and layers,
+    where (or whether) MLflow records it."""
+    return [f"eval.benchmarks=[{','.join(map(str, benches))}]", f"student.path={student}",
+            f"student.query_prompt={json.dumps(choice.query_prompt)}",
+            f"student.passage_prompt={json.dumps(choice.passage_prompt)}",
+            f"student.num_layers={json.dumps(choice.num_layers)}",
+            "tracking.enabled=false" if tracking_uri is None else f"tracking.tracking_uri={tracking_uri}"]
 
 
 def write_teacher_caches(common: list[str], pairs: Path, rows: Path) -> None:
@@ -358,6 +377,8 @@ def markdown_table(report: dict) -> str:
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     machine = report["machine"]
     seeds = report["seeds"]
+    if spread and REFERENCE in report["aggregate"]:
+        lines += ["", *differences_table(report["aggregate"])]
     lines.append("")
     if spread:
         lines.append(f"Mean ± sample standard deviation over {len(seeds)} seeds ({', '.join(map(str, seeds))}); the "
@@ -369,6 +390,30 @@ def markdown_table(report: dict) -> str:
                  f"{report['wall_s'] / 60:.1f} min (load average {report['load_average_before'][0]:.1f} at the start, "
                  f"{machine['load_average'][0]:.1f} at the end){'; --full' if report['full'] else ''}.")
     return "\n".join(lines) + "\n"
+
+
+def differences_table(aggregate: dict[str, dict[str, dict]]) -> list[str]:
+    """Markdown lines: the reference arm's mean minus every other row's, per column, in bold where the difference
+    exceeds the two rows' standard deviations added (`separated`), so a reader sees which differences the seeds
+    support and which are within their noise."""
+    reference = aggregate[REFERENCE]
+    lines = [f"Difference {REFERENCE} − row (**bold**: beyond the spread, |Δ| > s.d.({REFERENCE}) + s.d.(row), the "
+             "± 1 s.d. bars do not overlap; the untrained start counts as exact; in ↓ columns a negative Δ favours "
+             f"{REFERENCE}):", "",
+             "| vs | " + " | ".join(header for _, header in columns()) + " |", "|---|" + "---:|" * len(columns())]
+    for model, stats in aggregate.items():
+        if model == REFERENCE:
+            continue
+        cells = []
+        for key, _ in columns():
+            if key not in stats or key not in reference:
+                cells.append("–")
+                continue
+            ours, theirs = Stat(**reference[key]), Stat(**stats[key])
+            delta = f"{ours.mean - theirs.mean:+.3f}"
+            cells.append(f"**{delta}**" if separated(ours, theirs) else delta)
+        lines.append(f"| vs {model} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _cpu_name() -> str:
@@ -429,11 +474,7 @@ def run_demo(args: argparse.Namespace) -> int:
     timings.mark("student", t)
 
     tracking_uri = None if args.no_tracking else f"sqlite:///{out / 'mlflow.db'}"
-    common = [f"eval.benchmarks=[{','.join(map(str, benches))}]", f"student.path={student}",
-              f"student.query_prompt={json.dumps(choice.query_prompt)}",
-              f"student.passage_prompt={json.dumps(choice.passage_prompt)}",
-              f"student.num_layers={json.dumps(choice.num_layers)}",
-              "tracking.enabled=false" if tracking_uri is None else f"tracking.tracking_uri={tracking_uri}"]
+    common = common_overrides(student, choice, benches, tracking_uri)
     pairs, rows = out / "data" / "pairs", out / "data" / "rows"
     t = time.perf_counter()
     write_teacher_caches(common, pairs, rows)

@@ -23,7 +23,7 @@ from matplotlib.image import imread
 from mlflow import MlflowClient
 from ports import free_port
 
-from mimo_ds.compare.aggregate import TAG_ARM, TAG_SEED, aggregate, format_stat, mean_std
+from mimo_ds.compare.aggregate import TAG_ARM, TAG_SEED, aggregate, format_stat, mean_std, separated
 from mimo_ds.compare.cli import main
 from mimo_ds.compare.plots import alignment_uniformity_figure, ndcg_figure, scatter_label
 from mimo_ds.compare.selection import RunSelection, SelectionError, build_filter, select_runs
@@ -283,6 +283,19 @@ def test_one_run_has_no_spread_and_nan_stays_nan():
     assert np.isnan(mean_std([0.5, float("nan")]).mean)
     with pytest.raises(ValueError, match="at least one"):
         mean_std([])
+
+
+
+def test_a_difference_is_claimed_only_beyond_both_spreads():
+    """Hand-worked: [0.50, 0.52, 0.54] has mean 0.52, s.d. 0.02; [0.45, 0.46, 0.47] mean 0.46, s.d. 0.01. Their
+    gap 0.06 exceeds 0.03; against [0.48, 0.50, 0.52] (0.50 ± 0.02) the gap 0.02 does not exceed 0.04."""
+    a, b, c = mean_std([0.50, 0.52, 0.54]), mean_std([0.45, 0.46, 0.47]), mean_std([0.48, 0.50, 0.52])
+    assert separated(a, b) is True and separated(b, a) is True
+    assert separated(a, c) is False
+    start = mean_std([0.505])  # deterministic, evaluated once: exact against an arm with a spread
+    assert separated(a, start) is False and separated(b, start) is True
+    assert separated(start, mean_std([0.9])) is None  # two single runs: nothing known about the noise
+    assert separated(a, mean_std([0.1, float("nan")])) is None
 
 
 # arm → (its tags, per-seed (seed, nDCG@20, alignment, uniformity)); the start is one untagged-seed evaluation.

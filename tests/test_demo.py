@@ -209,6 +209,17 @@ def test_markdown_shows_mean_and_std_over_seeds():
         values = [m[key] for m in per_seed]
         assert cell.strip() == f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
     assert all(cell.strip().endswith("± n/a") for cell in rows[demo.START_LABEL])
+    assert "| vs " not in demo.markdown_table(report)  # no MIMO arm: nothing to set the others against
+    mimo = [{key: value + 0.5 for key, value in metrics.items()} for metrics in per_seed]
+    runs[demo.REFERENCE] = [{"seed": s, "metrics": m} for s, m in zip((42, 43, 44), mimo)]
+    with_mimo = {**report, "aggregate": {label: {k: s.as_dict() for k, s in stats.items()}
+                                         for label, stats in demo.summarise(runs).items()}}
+    deltas = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in demo.markdown_table(with_mimo).splitlines()
+              if line.startswith("| vs ") and not line.startswith("| vs |")}
+    assert set(deltas) == {f"vs {demo.START_LABEL}", "vs XLCO"}
+    for key, cell in zip(keys, deltas["vs XLCO"]):  # MIMO = XLCO + 0.5 seed by seed: same spread, Δ = +0.5
+        spread = np.std([m[key] for m in per_seed], ddof=1)
+        assert cell.strip() == ("**+0.500**" if 0.5 > 2 * spread else "+0.500")
     single = {**report, "seeds": [42],
               "aggregate": {"XLCO": {k: {"mean": v, "std": None, "n": 1} for k, v in per_seed[0].items()}}}
     line = next(line for line in demo.markdown_table(single).splitlines() if line.startswith("| XLCO"))

@@ -52,6 +52,18 @@ def aggregate(per_seed: Sequence[Mapping[str, float]]) -> dict[str, Stat]:
     return {name: mean_std([metrics[name] for metrics in per_seed if name in metrics]) for name in names}
 
 
+def separated(a: Stat, b: Stat) -> bool | None:
+    """Whether `a` and `b` differ by more than their spreads added, |mean_a − mean_b| > s_a + s_b: their ± 1 s.d.
+    error bars do not overlap, the rule the demo's reading claims a difference by. A Stat of one value has no spread
+    to add; it counts as exact when the other has one (the untrained start, evaluated once, is deterministic) and
+    leaves the question open (None) when neither has one: two single runs say nothing about seed noise."""
+    if a.std is None and b.std is None:
+        return None
+    if math.isnan(a.mean) or math.isnan(b.mean):
+        return None
+    return abs(a.mean - b.mean) > (a.std or 0.0) + (b.std or 0.0)
+
+
 def format_stat(stat: Stat | None, digits: int = 4) -> str:
     """`0.5540 ± 0.0123`; one value: `0.5540 ± n/a`; a metric not logged: `–`."""
     if stat is None:
