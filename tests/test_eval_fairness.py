@@ -5,9 +5,9 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
-from scipy.stats import chi2, spearmanr
+from scipy.stats import chi2, rankdata, spearmanr
 
-from mimo_ds.eval.fairness import mean_rank_correlation, peer
+from mimo_ds.eval.fairness import _average_ranks, mean_rank_correlation, peer
 
 
 def _order(scores: np.ndarray) -> np.ndarray:
@@ -57,6 +57,13 @@ def test_mrc_matches_scipy_bruteforce():
     mrc, by_lang = mean_rank_correlation(q, d, top, qlangs, groups, k)
     assert by_lang == pytest.approx(expected)
     assert mrc == pytest.approx(np.mean(list(expected.values())))
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 33, 101])
+def test_average_ranks_equal_scipys_rankdata_with_ties(n):
+    rng = np.random.default_rng()
+    for values in (rng.normal(size=n), rng.integers(0, 3, size=n).astype(float), np.full(n, 0.25)):
+        np.testing.assert_array_equal(_average_ranks(values), rankdata(values))
 
 
 def test_peer_hand_worked():
