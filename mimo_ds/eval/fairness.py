@@ -22,12 +22,18 @@ from scipy.stats import kruskal
 def _average_ranks(x: np.ndarray) -> np.ndarray:
     """1-based ranks of `x` with ties given their average rank: scipy's `rankdata(x)` for a 1-d float array, without
     its per-call argument handling, which dominated MRC's time (tens of thousands of short calls per evaluation)."""
+    n = len(x)
     order = np.argsort(x, kind="stable")
     ordered = x[order]
-    first = np.r_[True, ordered[1:] != ordered[:-1]]  # where each run of equal values starts
+    first = np.empty(n, dtype=bool)  # where each run of equal values starts
+    first[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    ranks = np.empty(n)
+    if first.all():  # no ties, the usual case for float scores
+        ranks[order] = np.arange(1, n + 1)
+        return ranks
     starts = np.flatnonzero(first)
-    counts = np.diff(np.r_[starts, len(x)])
-    ranks = np.empty(len(x))
+    counts = np.diff(starts, append=n)
     ranks[order] = (starts + (counts + 1) / 2.0)[np.cumsum(first) - 1]
     return ranks
 
