@@ -285,7 +285,6 @@ def test_one_run_has_no_spread_and_nan_stays_nan():
         mean_std([])
 
 
-
 def test_a_difference_is_claimed_only_beyond_both_spreads():
     """Hand-worked: [0.50, 0.52, 0.54] has mean 0.52, s.d. 0.02; [0.45, 0.46, 0.47] mean 0.46, s.d. 0.01. Their
     gap 0.06 exceeds 0.03; against [0.48, 0.50, 0.52] (0.50 ± 0.02) the gap 0.02 does not exceed 0.04."""

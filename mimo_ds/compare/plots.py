@@ -114,9 +114,8 @@ def ndcg_figure(arms: list[Arm]) -> Figure | None:
 def _grouped_bars(ax: Axes, arms: list[Arm], groups: list[str], metric: Callable[[str], str], capsize: int) -> None:
     """One group of bars per entry of `groups` (labelled on the x axis), one bar per arm: the arm's mean of
     `metric(group)` with its spread over seeds as the error bar."""
-    width = 0.8 / len(arms)
+    width, keys = 0.8 / len(arms), [metric(group) for group in groups]
     for index, arm in enumerate(arms):
-        keys = [metric(group) for group in groups]
         positions = [i + (index - (len(arms) - 1) / 2) * width for i in range(len(groups))]
         ax.bar(positions, [_mean(arm, k) for k in keys], width=width, label=arm.label,
                yerr=[_spread(arm, k) for k in keys], capsize=capsize)
