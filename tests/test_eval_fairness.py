@@ -1,11 +1,12 @@
-"""MRC@k and PEER@k on hand-worked cases, and MRC against a brute-force computation with scipy's spearmanr."""
+"""MRC@k and PEER@k on hand-worked cases, MRC against a brute-force computation with scipy's spearmanr and PEER against
+scipy's kruskal."""
 
 import math
 from collections import defaultdict
 
 import numpy as np
 import pytest
-from scipy.stats import chi2, rankdata, spearmanr
+from scipy.stats import chi2, kruskal, rankdata, spearmanr
 
 from mimo_ds.eval.fairness import _average_ranks, mean_rank_correlation, peer
 
@@ -83,3 +84,29 @@ def test_peer_hand_worked():
     assert by_lang == pytest.approx({"de": p0, "en": 1.0})
     assert overall == pytest.approx((p0 + 1.0) / 2)
     assert peer(top, [[0, 1], [], []], doc_langs, ["de", "en", "en"], k) is None
+
+
+@pytest.mark.parametrize("k", [3, 20])
+def test_peer_equals_scipys_kruskal_per_query(k):
+    """Random rankings with odd sizes: each query's p-value is scipy.stats.kruskal's on the capped ranks grouped by
+    document language (p = 1 where every rank ties), averaged overall and per query language."""
+    rng = np.random.default_rng()
+    n_docs, n_queries = 61, 37
+    doc_langs = [str(lang) for lang in rng.choice(["de", "en", "fr", "sw"], size=n_docs)]
+    query_langs = [str(lang) for lang in rng.choice(["de", "en", "ja"], size=n_queries)]
+    top = np.stack([rng.permutation(n_docs)[:25] for _ in range(n_queries)])
+    relevant = [list(rng.choice(n_docs, size=int(rng.integers(0, 9)), replace=False)) for _ in range(n_queries)]
+    expected: dict[str, list[float]] = {}
+    for i, rel in enumerate(relevant):
+        positions = {int(d): r + 1 for r, d in enumerate(top[i, :k])}
+        by_lang: dict[str, list[int]] = {}
+        for d in rel:
+            by_lang.setdefault(doc_langs[d], []).append(positions.get(int(d), k + 1))
+        if len(by_lang) < 2:
+            continue
+        pooled = [r for ranks in by_lang.values() for r in ranks]
+        p = 1.0 if len(set(pooled)) == 1 else float(kruskal(*by_lang.values()).pvalue)
+        expected.setdefault(query_langs[i], []).append(p)
+    overall, per_lang = peer(top, relevant, doc_langs, query_langs, k)
+    assert per_lang == pytest.approx({lang: float(np.mean(v)) for lang, v in expected.items()}, rel=1e-9)
+    assert overall == pytest.approx(float(np.mean([p for v in expected.values() for p in v])), rel=1e-9)
