@@ -138,27 +138,31 @@ def load_encoder(
         kwargs["dtype"] = dtype
     if not depth:
         return AutoModel.from_pretrained(folder, **kwargs)
-    with _quiet(_TRANSFORMERS_LOADER):
+    with _quiet(*_TRANSFORMERS_LOADERS):
         model, info = AutoModel.from_pretrained(folder, output_loading_info=True, **kwargs)
     check_truncated_load(info, depth["num_hidden_layers"], folder)
     return model
 
 
-_TRANSFORMERS_LOADER = "transformers.modeling_utils"
+#: The loader's logger, and the tensor-parallel plan check that transformers runs whenever that logger's level is
+#: WARNING or above: muting the first switches the second on, and it lists every weight of a model without a plan.
+_TRANSFORMERS_LOADERS = ("transformers.modeling_utils", "transformers.distributed.tensor_parallel")
 _LAYER_KEY = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
 
 
 @contextlib.contextmanager
-def _quiet(name: str) -> Iterator[None]:
-    """Warnings of one logger muted for a block: transformers reports every weight of a dropped layer as unexpected,
+def _quiet(*names: str) -> Iterator[None]:
+    """Warnings of some loggers muted for a block: transformers reports every weight of a dropped layer as unexpected,
     a table of hundreds of lines that says nothing `check_truncated_load` does not check."""
-    log = logging.getLogger(name)
-    level = log.level
-    log.setLevel(logging.ERROR)
+    logs = [logging.getLogger(name) for name in names]
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        log.setLevel(level)
+        for log, level in zip(logs, levels):
+            log.setLevel(level)
 
 
 def check_truncated_load(info: dict[str, Any], num_layers: int, folder: str) -> None:
