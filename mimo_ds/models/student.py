@@ -75,8 +75,18 @@ def build_student(cfg: StudentConfig, teacher_dim: int | None, init_from: Path |
     else:
         student = _from_stage_output(cfg, teacher_dim, init_from)
     if cfg.gradient_checkpointing:
-        student.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _checkpoint_activations(student.encoder)
     return student
+
+
+def _checkpoint_activations(encoder: PreTrainedModel) -> None:
+    """Recompute each layer's activations in backward (non-reentrant, as PyTorch recommends). transformers 5
+    renamed the switch and warns on the old name; the old name is all that releases before it have."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(encoder, "activation_checkpointing_enable"):
+        encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def student_size(cfg: StudentConfig, teacher_dim: int | None, init_from: Path | None) -> tuple[int, int]:
