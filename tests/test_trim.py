@@ -5,9 +5,16 @@ import random
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast, XLMRobertaConfig, XLMRobertaModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    PreTrainedTokenizerFast,
+    XLMRobertaConfig,
+    XLMRobertaModel,
+)
 
-from mimo_ds.models.trim import trim_model
+from mimo_ds.models.trim import full_config, special_id_fields, trim_model
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
 
@@ -63,3 +70,33 @@ def test_trim_refuses_an_existing_folder(tmp_path):
     (tmp_path / "trim").mkdir()
     with pytest.raises(FileExistsError):
         trim_model(tmp_path / "full", _texts(rng, 3, "ab"), tmp_path / "trim")
+
+
+def test_every_config_token_id_is_renumbered_and_maps_back(tmp_path):
+    """Architectures name more ids than pad/bos/eos (ModernBERT: cls, sep, mask): each must point at the same piece
+    after the trim, including pieces the corpus never uses, and map back to its full-vocabulary id."""
+    rng = _tiny_model(tmp_path / "full", 7)
+    full_tok = AutoTokenizer.from_pretrained(tmp_path / "full")
+    config = AutoConfig.from_pretrained(tmp_path / "full")
+    unused_piece = full_tok.convert_tokens_to_ids("<mask>")
+    config.update({"cls_token_id": 0, "sep_token_id": 2, "mask_token_id": unused_piece})
+    config.save_pretrained(tmp_path / "full")
+    trim_model(tmp_path / "full", _texts(rng, 11, "abc"), tmp_path / "trim")
+    trimmed, trim_tok = AutoConfig.from_pretrained(tmp_path / "trim"), AutoTokenizer.from_pretrained(tmp_path / "trim")
+    names = ("pad_token_id", "bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id", "mask_token_id")
+    assert set(names) <= set(special_id_fields(trimmed))
+    for name in names:
+        assert trim_tok.convert_ids_to_tokens(getattr(trimmed, name)) == \
+            full_tok.convert_ids_to_tokens(getattr(config, name)), name
+        assert getattr(full_config(trimmed), name) == getattr(config, name), name
+    assert trimmed.mask_token_id != unused_piece  # renumbered, not kept by chance
+
+
+def test_a_config_token_id_outside_the_vocabulary_is_refused(tmp_path):
+    rng = _tiny_model(tmp_path / "full", 8)
+    config = AutoConfig.from_pretrained(tmp_path / "full")
+    config.update({"sep_token_id": config.vocab_size + 3})
+    config.save_pretrained(tmp_path / "full")
+    with pytest.raises(ValueError, match=r"sep_token_id.*outside its vocabulary"):
+        trim_model(tmp_path / "full", _texts(rng, 3, "ab"), tmp_path / "trim")
+    assert not (tmp_path / "trim").exists()

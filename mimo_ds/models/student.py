@@ -20,11 +20,11 @@ from mimo_ds.models.loading import layer_overrides, load_encoder, load_tokenizer
 from mimo_ds.models.pooling import pool
 from mimo_ds.models.stage_output import STUDENT_DIR, read_projection, read_student_meta
 from mimo_ds.models.trim import (
-    SPECIAL_ID_FIELDS,
     embedding_name,
     is_written_back,
     retrimmed_config,
     retrimmed_tokenizer,
+    special_id_fields,
     trim_record,
 )
 
@@ -140,7 +140,7 @@ def _retrimmed_encoder(folder: Path, cfg: StudentConfig) -> PreTrainedModel:
     under ZeRO-3), then given the stored weights; the build's random initialisation runs on a forked RNG, so the
     run's random stream (dropout masks) is the one a plain `from_pretrained` load leaves, which draws nothing."""
     trimmed = retrimmed_config(AutoConfig.from_pretrained(folder, trust_remote_code=cfg.trust_remote_code))
-    overrides = {name: getattr(trimmed, name) for name in ("vocab_size", *SPECIAL_ID_FIELDS) if hasattr(trimmed, name)}
+    overrides = {name: getattr(trimmed, name) for name in ("vocab_size", *special_id_fields(trimmed))}
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         encoder = load_encoder(str(folder), random_init=overrides, attn_implementation=cfg.attn_implementation,

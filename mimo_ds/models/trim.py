@@ -31,7 +31,13 @@ from mimo_ds.models.st_files import ST_FILES
 
 BATCH = 2048
 RECORD = "mimo_ds_trim"  # the encoder config's attribute mapping a trimmed vocabulary back to the full one
-SPECIAL_ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id")
+
+
+def special_id_fields(config) -> tuple[str, ...]:
+    """The config's token-id fields (`pad_token_id`, `cls_token_id`, `sep_token_id`, ...: every top-level
+    `*_token_id` holding an id): a trimmed vocabulary renumbers all of them, whatever the architecture names."""
+    return tuple(sorted(name for name, value in config.to_dict().items()
+                        if name.endswith("_token_id") and isinstance(value, int) and not isinstance(value, bool)))
 
 
 def used_ids(tokenizer, texts: Sequence[str]) -> set[int]:
@@ -64,14 +70,15 @@ def _remap_tokenizer_json(spec: dict, keep: list[int]) -> dict:
 def trim_model(source: str | Path, texts: Iterable[str], out: str | Path) -> dict[str, int]:
     """Write the model at `source` (an HF folder with a Unigram fast tokenizer, optionally sentence-transformers
     files) restricted to the pieces `texts` use into the fresh folder `out`; returns the vocabulary sizes."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     source, out = Path(source), Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists: trim into a fresh folder")
     texts = list(dict.fromkeys(texts))
     tokenizer = AutoTokenizer.from_pretrained(source)
-    keep = sorted(used_ids(tokenizer, texts) | set(tokenizer.all_special_ids))
+    config_ids = _config_ids(AutoConfig.from_pretrained(source), source)
+    keep = sorted(used_ids(tokenizer, texts) | set(tokenizer.all_special_ids) | config_ids)
     trimmed_tok = retrimmed_tokenizer(tokenizer, keep)
     _check_same_pieces(tokenizer, trimmed_tok, texts, keep)
 
@@ -94,6 +101,14 @@ def trim_model(source: str | Path, texts: Iterable[str], out: str | Path) -> dic
     sizes = {"vocab_before": int(old.shape[0]), "vocab_after": len(keep), "texts": len(texts)}
     (out / "mimo_ds_trim.json").write_text(json.dumps({"source": str(source), **sizes}, indent=2))
     return sizes
+
+
+def _config_ids(config, source: Path) -> set[int]:
+    """The ids the config names (kept whether or not the corpus uses them); one outside the vocabulary is refused."""
+    ids = {name: getattr(config, name) for name in special_id_fields(config)}
+    if bad := {name: i for name, i in ids.items() if not 0 <= i < config.vocab_size}:
+        raise ValueError(f"{source}: config token ids {bad} lie outside its vocabulary of {config.vocab_size} pieces")
+    return set(ids.values())
 
 
 def embedding_name(model) -> str:
@@ -158,9 +173,8 @@ def _trimmed(config, keep: list[int]):
     """`config` for the vocabulary `keep`: size and special-token ids renumbered."""
     out = copy.deepcopy(config)
     new_id = {old: new for new, old in enumerate(keep)}
-    for name in SPECIAL_ID_FIELDS:
-        if (value := getattr(out, name, None)) is not None:
-            setattr(out, name, new_id[value])
+    for name in special_id_fields(out):
+        setattr(out, name, new_id[getattr(out, name)])
     out.vocab_size = len(keep)
     return out
 
@@ -174,9 +188,8 @@ def full_config(config):
     """A trimmed config → the full model's: size and special-token ids mapped back, record kept."""
     record = trim_record(config)
     out = copy.deepcopy(config)
-    for name in SPECIAL_ID_FIELDS:
-        if (value := getattr(out, name, None)) is not None:
-            setattr(out, name, record["kept_ids"][value])
+    for name in special_id_fields(out):
+        setattr(out, name, record["kept_ids"][getattr(out, name)])
     out.vocab_size = record["full_vocab_size"]
     return out
 
