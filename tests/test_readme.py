@@ -18,7 +18,7 @@ def test_exactly_two_setup_commands_and_ci_runs_the_test_one():
     assert len(commands) == 2
     main_job, tests = commands
     assert main_job.endswith("mimo-ds demo")
-    assert tests.endswith("python -m pytest")
+    assert tests.endswith("python -m pytest -n 2")  # two files at a time: the suite's time on a 2-core machine
     assert tests in ROOT.joinpath(".ci", "run").read_text()
 
 

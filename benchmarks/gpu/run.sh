@@ -113,7 +113,7 @@ export DRY PY OUT FLAG
 part setup bash -c setup
 part step bash -c '$PY benchmarks/gpu/parts.py step --limit $(( PART_S - 2 )) --out "$OUT/step.json" $FLAG'
 part kernel bash -c kernel
-[ "$DRY" = 1 ] && export TEST_WORKERS=0   # this venv has no pytest-xdist; the device image has
+[ "$DRY" = 1 ] && export TEST_WORKERS=0   # on a CPU every gpu test is skipped: workers would only add start-up
 part tests bash -c '$PY benchmarks/gpu/parts.py tests --limit $(( PART_S - 2 )) --out "$OUT/gpu_tests.json" $FLAG'
 part stage1 bash -c '$PY benchmarks/gpu/parts.py stage1 --limit $(( PART_S - 2 )) --out "$OUT/stage1.json" $FLAG'
 $PY benchmarks/gpu/plan.py summary --out "$OUT"
