@@ -153,3 +153,24 @@ def test_the_documented_plan_is_the_plan(gpu_modules):
     for part in plan.PARTS:
         assert f"| {part.name} | {part.limit_s} | {part.out or plan.LOG} |" in doc, part.name
     assert f'timeout_s={plan.TOTAL_S + 30}' in doc
+
+
+def test_gpu_test_slices_spread_tests_not_files_over_the_workers(gpu_modules, monkeypatch, tmp_path):
+    """pyproject's addopts pin each file to one xdist worker (`--dist loadfile`, for the CPU suite's fixtures); the
+    gpu tests sit in two files, so their 8 workers must get tests one by one. pytest reads addopts first and the
+    command line after, so the command's own `--dist` decides."""
+    _, parts, _ = gpu_modules
+    monkeypatch.setattr(parts, "WORK", tmp_path)
+    monkeypatch.setenv("TEST_WORKERS", "8")
+    commands = []
+
+    def fake(cmd, limit_s, env=None, tail=40):
+        commands.append(cmd)
+        return {"rc": 0, "seconds": 1.0, "limit_s": limit_s, "timed_out": False, "tail": []}
+
+    monkeypatch.setattr(parts, "run_limited", fake)
+    parts.tests_part(parts.argparse.Namespace(limit=600.0, out=tmp_path / "gpu_tests.json", dry_run=False))
+    assert len(commands) == len(parts.TEST_SLICES)
+    for cmd in commands:
+        dist = [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "--dist"]
+        assert cmd[cmd.index("-n") + 1] == "8" and dist[-1:] == ["load"], cmd

@@ -244,7 +244,7 @@ def tests_part(args: argparse.Namespace) -> int:
         xml.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "pytest", "-m", "gpu", *paths, "-k", expr, "-v", "-rfE", "-p",
                "no:cacheprovider", "--durations=0", "--continue-on-collection-errors", f"--junitxml={xml}"] + \
-            (["-n", workers] if workers != "0" else [])
+            (["-n", workers, "--dist", "load"] if workers != "0" else [])  # per test: the gpu tests sit in 2 files
         run = run_limited(cmd, clock.left())
         cases = _junit(xml)
         counts = collections.Counter(c["outcome"] for c in cases)
