@@ -33,7 +33,7 @@ from mimo_ds.demo import STUDENTS, build_benchmarks
 from mimo_ds.eval.benchmark import Benchmark, load_benchmark
 from mimo_ds.eval.encoding import encode_all, load_encoder
 from mimo_ds.eval.fairness import mean_rank_correlation, peer
-from mimo_ds.eval.runner import MRC_K, PEER_K, evaluate_benchmark
+from mimo_ds.eval.runner import MRC_K, PEER_K, evaluate_benchmark, relevant_positions
 from mimo_ds.eval.search import top_k
 from mimo_ds.models.loading import resolve_model_path
 
@@ -96,9 +96,7 @@ def compare(bench: Benchmark, q: np.ndarray, d: np.ndarray, top: np.ndarray, rep
     langs = [query.lang for query in bench.queries]
     groups = [query.group for query in bench.queries]
     doc_langs = [doc.lang for doc in bench.corpus]
-    position = {doc.id: n for n, doc in enumerate(bench.corpus)}
-    relevant = [[position[did] for did, rel in bench.qrels.get(query.id, {}).items() if rel > 0]
-                for query in bench.queries]
+    relevant = relevant_positions(bench)
     cases = [(f"mrc_at_{k}", lambda k=k: mean_rank_correlation(q, d, top, langs, groups, k),
               lambda k=k: mrc_scipy(q, d, top, langs, groups, k)) for k in MRC_K]
     cases += [(f"peer_at_{k}", lambda k=k: peer(top, relevant, doc_langs, langs, k),

@@ -147,6 +147,13 @@ def resolve_exclude_self(bench: Benchmark, exclude_self: bool | None) -> bool:
     return exclude_self
 
 
+def relevant_positions(bench: Benchmark) -> list[list[int]]:
+    """Each query's relevant documents as corpus positions (PEER's input), in the benchmark's query order."""
+    position = {doc.id: n for n, doc in enumerate(bench.corpus)}
+    return [[position[did] for did, rel in bench.qrels.get(query.id, {}).items() if rel > 0]
+            for query in bench.queries]
+
+
 def evaluate_benchmark(bench: Benchmark, encode: EncodeFn, *, batch_size: int = 64,
                        k_values: Sequence[int] = K_VALUES, mrc_k: Sequence[int] = MRC_K,
                        peer_k: Sequence[int] = PEER_K, clustering_k: int = CLUSTERING_K, per_pair: bool = True,
@@ -194,9 +201,7 @@ def evaluate_benchmark(bench: Benchmark, encode: EncodeFn, *, batch_size: int = 
             if mrc is not None:
                 metrics[f"mrc_at_{k}"] = mrc[0]
                 metrics.update({f"lang/{lang}/mrc_at_{k}": v for lang, v in mrc[1].items()})
-        position = {doc.id: n for n, doc in enumerate(bench.corpus)}
-        relevant = [[position[did] for did, rel in bench.qrels.get(query.id, {}).items() if rel > 0]
-                    for query in bench.queries]
+        relevant = relevant_positions(bench)
         for k in peer_k:
             p = peer(top_idx, relevant, doc_langs, qlangs, k)
             if p is not None:
